@@ -1,0 +1,1 @@
+"""Attacks: untargeted L-inf PGD and the targeted explanation manipulations."""

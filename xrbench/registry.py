@@ -1,0 +1,180 @@
+"""One generic registry, one instance per kind (datasets, models, explainers, defenses).
+
+Built-ins register on import with :meth:`Registry.register`. Third parties register through
+entry points in the group ``xrbench.<kind>`` (e.g. ``xrbench.defenses``); those are loaded
+lazily on the first lookup, and ``XRBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` turns that off (as
+pytest and torch do for their own plugins).
+
+Names may be *parametrized*: a component registered as ``"timm"`` with ``takes_arg=True``
+is created by ``create("timm:resnet18")``; the part after the colon reaches the factory as
+its first positional argument. Listings show it as ``timm:NAME``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Callable, Generic, TypeVar
+
+from .errors import XRBenchError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PLUGIN_AUTOLOAD_ENV = "XRBENCH_DISABLE_PLUGIN_AUTOLOAD"
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered component: its factory, a one-line description, where it came from."""
+
+    name: str
+    obj: T
+    description: str
+    takes_arg: bool = False
+    arg_name: str = "NAME"
+    source: str = "xrbench"
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.name}:{self.arg_name}" if self.takes_arg else self.name
+
+
+class Registry(Generic[T]):
+    """A named collection of components of one kind, with entry-point plugins."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.group = f"xrbench.{kind}"
+        self._entries: dict[str, Entry[T]] = {}
+        self._plugins_loaded = False
+
+    # -- registration -------------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        takes_arg: bool = False,
+        arg_name: str = "NAME",
+        source: str = "xrbench",
+    ) -> Callable[[T], T]:
+        """Decorator: register ``obj`` under ``name``. A duplicate name is an error."""
+
+        def deco(obj: T) -> T:
+            self.add(name, obj, description, takes_arg=takes_arg, arg_name=arg_name, source=source)
+            return obj
+
+        return deco
+
+    def add(
+        self,
+        name: str,
+        obj: T,
+        description: str = "",
+        *,
+        takes_arg: bool = False,
+        arg_name: str = "NAME",
+        source: str = "xrbench",
+    ) -> None:
+        if ":" in name:
+            raise XRBenchError(f"{self.kind} name {name!r} may not contain ':'")
+        if name in self._entries:
+            prev = self._entries[name].source
+            raise XRBenchError(
+                f"duplicate {self.kind[:-1]} name {name!r}: registered by {prev} and again by "
+                f"{source}; rename one of them"
+            )
+        if not description:
+            doc = (getattr(obj, "__doc__", None) or "").strip()
+            description = doc.splitlines()[0] if doc else ""
+        self._entries[name] = Entry(name, obj, description, takes_arg, arg_name, source)
+
+    # -- plugins ------------------------------------------------------------------------
+    def load_plugins(self) -> None:
+        """Load every entry point of group ``xrbench.<kind>`` once (unless disabled)."""
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        if os.environ.get(PLUGIN_AUTOLOAD_ENV, "") not in ("", "0"):
+            return
+        for ep in metadata.entry_points(group=self.group):
+            dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
+            if ep.name in self._entries:
+                # Re-discovering the same object (e.g. a plugin that also registers on
+                # import) is fine; a different object under the same name is not.
+                continue
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported
+                raise XRBenchError(
+                    f"plugin {ep.name!r} (group {self.group}) from distribution {dist!r} "
+                    f"failed to load: {type(exc).__name__}: {exc}. Fix or uninstall {dist}, "
+                    f"or set {PLUGIN_AUTOLOAD_ENV}=1 to skip plugins"
+                ) from exc
+            if ep.name in self._entries:  # registered itself on import
+                continue
+            self.add(ep.name, obj, source=f"plugin {dist}")
+
+    # -- lookup -------------------------------------------------------------------------
+    def names(self, pattern: str = "*") -> list[str]:
+        """Sorted display names matching a shell-style ``pattern``."""
+        self.load_plugins()
+        return sorted(
+            e.display_name for e in self._entries.values() if fnmatch.fnmatch(e.name, pattern)
+        )
+
+    def entries(self) -> list[Entry[T]]:
+        self.load_plugins()
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.get(name)
+        except XRBenchError:
+            return False
+        return True
+
+    def split(self, name: str) -> tuple[str, str | None]:
+        base, sep, arg = name.partition(":")
+        return base, (arg if sep else None)
+
+    def get_entry(self, name: str) -> Entry[T]:
+        self.load_plugins()
+        base, arg = self.split(name)
+        entry = self._entries.get(base)
+        if entry is None:
+            raise XRBenchError(
+                f"unknown {self.kind[:-1]} {name!r}; valid names: {', '.join(self.names())}"
+            )
+        if entry.takes_arg and not arg:
+            raise XRBenchError(
+                f"{self.kind[:-1]} {base!r} needs an argument: use {entry.display_name}"
+            )
+        if arg and not entry.takes_arg:
+            raise XRBenchError(f"{self.kind[:-1]} {base!r} takes no ':' argument (got {name!r})")
+        return entry
+
+    def get(self, name: str) -> T:
+        """The registered object itself (class or function)."""
+        return self.get_entry(name).obj
+
+    def create(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the registered factory. ``None`` keyword values are dropped (timm's habit),
+        so a CLI default never overrides a component's own default."""
+        entry = self.get_entry(name)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        _, arg = self.split(name)
+        if entry.takes_arg:
+            return entry.obj(arg, *args, **kwargs)  # type: ignore[operator]
+        return entry.obj(*args, **kwargs)  # type: ignore[operator]
+
+
+datasets: Registry[Any] = Registry("datasets")
+models: Registry[Any] = Registry("models")
+explainers: Registry[Any] = Registry("explainers")
+defenses: Registry[Any] = Registry("defenses")

@@ -1,0 +1,115 @@
+"""Small shared helpers: paths, atomic writes, hashing, devices, seeding."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import XRBenchError
+
+
+def cache_dir() -> Path:
+    """Root of xrbench's cache (checkpoints, stage results): ``$XRBENCH_CACHE`` or
+    ``$XDG_CACHE_HOME/xrbench`` or ``~/.cache/xrbench``."""
+    env = os.environ.get("XRBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "xrbench"
+
+
+def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """Where datasets live: ``override`` (``--data-dir``), else ``$XRBENCH_DATA``, else
+    ``<cache_dir>/data``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("XRBENCH_DATA")
+    return Path(env).expanduser() if env else cache_dir() / "data"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
+    reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, no spaces) for hashing."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file; a missing or malformed file is an :class:`XRBenchError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise XRBenchError(f"file not found: {path}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise XRBenchError(
+            f"malformed JSON in {path} (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from exc
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_config(obj: Any, n: int = 12) -> str:
+    """Short sha256 of the canonical JSON of ``obj``."""
+    return sha256_bytes(canonical_json(obj).encode())[:n]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise XRBenchError("--device cuda was asked for but no CUDA device is available; "
+                           "use --device cpu or --device auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise XRBenchError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` seeded with ``seed`` on ``device``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(int(seed))
+    return g
