@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 import numpy as np
 import torch
@@ -267,7 +267,7 @@ TINY_CARD = DatasetCard(
 TINY_HUB_ID = "zh-plus/tiny-imagenet"
 
 
-def _pil_batch_to_uint8(images: list[Any], size: int) -> torch.Tensor:
+def _pil_batch_to_uint8(images: Iterable[Any], size: int) -> torch.Tensor:
     arr = np.stack(
         [np.asarray(im.convert("RGB").resize((size, size)), dtype=np.uint8) for im in images]
     )
@@ -292,7 +292,9 @@ def _tiny_from_folder(folder: Path) -> Dataset:
             te_labels.append(index[parts[1]])
 
     def load(files: list[Path]) -> torch.Tensor:
-        return _pil_batch_to_uint8([Image.open(f) for f in files], 64)
+        # a generator: each file is opened, decoded and closed before the next is opened
+        # (a list would hold all 100000 training files open at once: EMFILE)
+        return _pil_batch_to_uint8((Image.open(f) for f in files), 64)
 
     return Dataset(
         TINY_CARD,

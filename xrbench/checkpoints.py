@@ -1,0 +1,139 @@
+"""Checkpoints: cached by (dataset, model, defense, recipe, seed), written atomically with a
+sidecar JSON, loaded with ``weights_only=True`` only after their sha256 matches.
+
+Layout under ``<cache>/checkpoints/<dataset>/<model>/``::
+
+    <defense>-<key>-s<seed>.pt            final weights (a state dict)
+    <defense>-<key>-s<seed>.json          sidecar: key fields, recipe, metrics, sha256
+    <defense>-<key>-s<seed>.partial.pt    last good epoch while training (resume, NaN)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import XRBenchError
+from .utils import atomic_write_bytes, cache_dir, hash_config, read_json, sha256_bytes, sha256_file, write_json
+
+FORMAT_VERSION = 1
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
+
+
+@dataclass(frozen=True)
+class CheckpointKey:
+    """Everything that determines a trained checkpoint."""
+
+    dataset: str
+    model: dict[str, Any]  # {"name": ..., "beta": ..., "activation": ...}
+    defense: str
+    recipe: dict[str, Any]
+    seed: int
+
+    def digest(self) -> str:
+        return hash_config({"format": FORMAT_VERSION, "dataset": self.dataset,
+                            "model": self.model, "defense": self.defense,
+                            "recipe": self.recipe, "seed": self.seed})
+
+    def path(self, root: Path | None = None) -> Path:
+        root = (root or cache_dir()) / "checkpoints"
+        name = f"{_safe(self.defense)}-{self.digest()}-s{self.seed}.pt"
+        return root / _safe(self.dataset) / _safe(self.model["name"]) / name
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_suffix(".partial.pt")
+
+
+def _to_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: dict[str, Any]) -> str:
+    """Write the model's state dict (on CPU) and its sidecar atomically; returns the sha256."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    data = _to_bytes(state)
+    digest = sha256_bytes(data)
+    atomic_write_bytes(path, data)
+    write_json(sidecar_path(path), {**meta, "sha256": digest, "file": path.name})
+    return digest
+
+
+def verified_load(path: str | os.PathLike[str], expected_sha256: str | None = None,
+                  map_location: str | torch.device = "cpu") -> tuple[Any, str]:
+    """Load a torch file with ``weights_only=True`` after checking its sha256.
+
+    The expected digest is ``expected_sha256``, else the sidecar's; a mismatch, a missing
+    file or an unreadable one is an :class:`XRBenchError`. Returns (object, sha256).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise XRBenchError(f"checkpoint not found: {path}")
+    digest = sha256_file(path)
+    if expected_sha256 is None and sidecar_path(path).is_file():
+        expected_sha256 = read_json(sidecar_path(path)).get("sha256")
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise XRBenchError(
+            f"checkpoint {path} is corrupt or was changed: sha256 {digest[:12]}... does not "
+            f"match the recorded {str(expected_sha256)[:12]}...; delete it and retrain "
+            "(--retrain)"
+        )
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle errors, truncated zip, ...
+        raise XRBenchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                           "it may be truncated or not a torch file") from exc
+    return obj, digest
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str],
+                 expected_sha256: str | None = None) -> str:
+    """Load verified weights into ``model`` (strict); returns the file's sha256."""
+    state, digest = verified_load(path, expected_sha256)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise XRBenchError(f"checkpoint {path} does not hold a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise XRBenchError(f"checkpoint {path} does not fit this model: {first}; check "
+                           "--model and --dataset") from exc
+    return digest
+
+
+def read_sidecar(path: Path) -> dict[str, Any] | None:
+    side = sidecar_path(path)
+    return read_json(side) if side.is_file() else None
+
+
+def save_partial(path: Path, payload: dict[str, Any]) -> None:
+    """Training state after a finished epoch (model, optimizer, RNG states, epoch)."""
+    atomic_write_bytes(partial_path(path), _to_bytes(payload))
+
+
+def load_partial(path: Path) -> dict[str, Any] | None:
+    p = partial_path(path)
+    if not p.is_file():
+        return None
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable partial is ignored and retrained
+        return None
