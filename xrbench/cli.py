@@ -74,6 +74,49 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint is cached by (dataset, model, defense, recipe, "
                                    "seed); an identical second run reuses it.")
     _add_common(p)
+
+    p = sub.add_parser(
+        "evaluate", help="score one defense with the fixed protocol and write its JSON entry",
+        description="Get or train the checkpoint, get the frozen subset, run every metric "
+                    "(PGD accuracy, explanation manipulation, RPS, Insertion, Adv-Insertion, "
+                    "RelEx retrieval, loss landscape), print a summary and write one entry to "
+                    "OUT/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json. Each "
+                    "stage is cached: an interrupted run resumes where it stopped.")
+    _add_common(p)
+    p.add_argument("--explainer", default="grad_x_input",
+                   help="explainer used for scoring (default: grad_x_input); independent of "
+                        "any explainer a defense trains with (--set explainer=...)")
+    p.add_argument("--profile", default="quick", choices=["paper", "quick", "smoke"],
+                   help="protocol sizes (default: quick; paper = published leaderboards)")
+    p.add_argument("--out", default=None,
+                   help="results folder (default: $XRBENCH_RESULTS or ~/.cache/xrbench/results)")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="score these weights (a state dict for --model) instead of training")
+    p.add_argument("--checkpoint-sha256", default=None,
+                   help="expected sha256 of --checkpoint (else its sidecar JSON, if any)")
+    p.add_argument("--force", action="store_true",
+                   help="recompute every stage and replace an existing entry")
+
+    p = sub.add_parser("subset", help="build (or show) the frozen evaluation subset manifest",
+                       description="Build the section-4 subset manifest for a dataset: "
+                                   "ResNet18 features, k-means (k=10), nearest images per "
+                                   "cluster. Shipped manifests (digits) are shown, not rebuilt, "
+                                   "unless --rebuild.")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--profile", default="quick", choices=["paper", "quick", "smoke"])
+    p.add_argument("--out", default=None, metavar="FILE", help="write the manifest here")
+    p.add_argument("--rebuild", action="store_true", help="build even if one exists")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("leaderboard", help="render markdown tables from a folder of entries",
+                       description="One markdown table per (dataset, model, explainer, "
+                                   "profile, protocol version), rows sorted by Expl@end.")
+    p.add_argument("--results", required=True, metavar="DIR", help="folder of JSON entries")
+    p.add_argument("--output", default=None, metavar="FILE",
+                   help="write the markdown here (default: print it)")
+    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     return parser
 
 
@@ -109,7 +152,111 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": _cmd_list, "train": _cmd_train}
+def _fmt(m: dict | None, scale: float = 1.0, digits: int = 2) -> tuple[str, str]:
+    if not m or m.get("value") is None:
+        return "-", ""
+    ci = m.get("ci")
+    ci_s = f"[{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]" if ci else ""
+    return f"{m['value'] * scale:.{digits}f}", ci_s
+
+
+def summary_table(entry: dict) -> str:
+    """A readable summary of one entry's metrics (value and 95% bootstrap interval)."""
+    from tabulate import tabulate
+
+    m = entry["metrics"]
+    rows = [("clean accuracy (%)", *_fmt(m.get("clean_acc"))),
+            ("PGD accuracy (%)", *_fmt(m.get("pgd_acc"))),
+            ("Expl@start (x1e-7)", *_fmt(m.get("expl_start"), 1e7, 1)),
+            ("Expl@end (x1e-7)", *_fmt(m.get("expl_end"), 1e7, 1)),
+            ("pairs with changed class (%)", *_fmt(m.get("class_changed"), 100.0, 1))]
+    for sim, per in (m.get("rps") or {}).items():
+        for eps, v in per.items():
+            rows.append((f"RPS {sim} @ {eps}", *_fmt(v, 1.0, 3)))
+    rows += [("Insertion (%)", *_fmt(m.get("insertion"))),
+             ("Adv-Insertion (%)", *_fmt(m.get("adv_insertion")))]
+    for kind, per in (m.get("retrieval") or {}).items():
+        for eps, v in per.items():
+            rows.append((f"retrieval {kind} @ {eps} (%)", *_fmt(v, 100.0, 1)))
+    flags = [k for k, v in entry.get("flags", {}).items() if v]
+    head = (f"{entry['defense']['name']} on {entry['dataset']['name']} / {entry['model']['name']}"
+            f" / {entry['explainer']['name']} / profile {entry['protocol']['profile']} / seed "
+            f"{entry['seed']}" + (f"   flags: {', '.join(flags)}" if flags else ""))
+    return head + "\n" + tabulate(rows, headers=["metric", "value", "95% CI"],
+                                  tablefmt="simple")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from . import api
+
+    overrides = _parse_sets(args.sets)
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
+    res = api.evaluate(defense=args.defense, dataset=args.dataset, model=args.model,
+                       explainer=args.explainer, profile=args.profile, seed=args.seed,
+                       out=args.out, checkpoint=args.checkpoint,
+                       checkpoint_sha256=args.checkpoint_sha256, overrides=overrides,
+                       device=args.device, data_dir=args.data_dir, retrain=args.retrain,
+                       force=args.force, progress=not args.quiet)
+    print(summary_table(res.entry))
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.entry["timing"].items())
+    print(f"stage wall time: {timing}")
+    if res.cached_stages:
+        print(f"reused cached stages: {', '.join(res.cached_stages)}")
+    state = "wrote" if res.written else "unchanged (same run)"
+    print(f"{state}: {res.path}")
+    return 0
+
+
+def _cmd_subset(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data import load_dataset
+    from .protocol import get_profile
+    from .subset import get_manifest
+    from .utils import resolve_device
+
+    prof = get_profile(args.profile)
+    ds = load_dataset(args.dataset, args.data_dir)
+    manifest, where = get_manifest(ds, prof.per_cluster, resolve_device(args.device),
+                                   progress=not args.quiet, rebuild=args.rebuild,
+                                   out=Path(args.out) if args.out else None)
+    v = manifest["validity"]
+    print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
+          f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "
+          f"{manifest['sha256'][:16]}...  ({where})")
+    print(f"  validity: intra-cluster L_e {v['intra_cluster_le'] * 1e7:.1f} vs inter-cluster "
+          f"{v['inter_cluster_le'] * 1e7:.1f} (x1e-7): "
+          f"{'ok, intra smaller' if v['intra_smaller'] else 'FAILED, intra not smaller'}")
+    if manifest["topped_up"]:
+        print(f"  topped up: {manifest['topped_up']}")
+    return 0
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .leaderboard.render import render_markdown
+    from .leaderboard.schema import load_entries
+    from .utils import atomic_write_text
+
+    entries = load_entries(Path(args.results))
+    if not entries:
+        raise XRBenchError(f"no entries (*.json) found under {args.results}")
+    text = render_markdown(entries)
+    if args.output:
+        out = Path(args.output)
+        if out.exists() and not args.force:
+            raise XRBenchError(f"{out} exists; pass --force to overwrite it")
+        atomic_write_text(out, text)
+        print(f"wrote {out} ({len(entries)} entries)")
+    else:
+        print(text)
+    return 0
+
+
+COMMANDS = {"list": _cmd_list, "train": _cmd_train, "evaluate": _cmd_evaluate,
+            "subset": _cmd_subset, "leaderboard": _cmd_leaderboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -96,7 +96,7 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
             defense.state.epoch = epoch + step / steps
             loss = defense.loss(model, x, y)
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"training loss became {float(loss)} at epoch {epoch + 1}, "
+                raise NonFiniteLoss(f"training loss became {float(loss.detach())} at epoch {epoch + 1}, "
                                     f"step {step + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()

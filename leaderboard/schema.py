@@ -1,0 +1,203 @@
+"""Result entries as validated data: the JSON Schema, reading, writing and file layout.
+
+An *entry* is one result record (defense x dataset x model x explainer x profile x seed),
+PROTOCOL.md section 8; its format is ``schema.json`` beside this file (JSON Schema draft
+2020-12, ``schema_version`` 1). Every entry is validated before it is written and after it
+is read, so a leaderboard never renders a string where a number belongs.
+
+Beyond the schema, :func:`validate_entry` checks what JSON Schema cannot say:
+
+- no NaN or infinity anywhere (Python's ``json`` writes them, but they are not JSON); a value
+  that could not be computed is ``null``;
+- every interval has ``lo <= hi``;
+- the landscape's ``explanation`` and ``cross_entropy`` curves have one value per gamma;
+- ``date`` is a real ISO 8601 time with a UTC offset.
+
+Layout of a results folder (:func:`entry_path`)::
+
+    DIR/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import math
+import os
+import re
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+from jsonschema.exceptions import ValidationError, best_match
+
+from xrbench.errors import XRBenchError
+from xrbench.utils import read_json, write_json
+
+SCHEMA_VERSION = 1
+
+_MAX_MESSAGE = 240  # characters of an error message (an instance repr can be huge)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    text = resources.files("xrbench.leaderboard").joinpath("schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = _schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load_schema() -> dict[str, Any]:
+    """The entry schema (a fresh copy of ``schema.json``, JSON Schema draft 2020-12)."""
+    return copy.deepcopy(_schema())
+
+
+def _path_str(path: Any) -> str:
+    out = "entry"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _walk(obj: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
+    yield path, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, path + (k,))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, path + (i,))
+
+
+def _semantic_error(entry: dict[str, Any]) -> str | None:
+    """The first problem JSON Schema cannot express, as ``"<path>: <what>"``, or None."""
+    for path, value in _walk(entry):
+        if isinstance(value, float) and not math.isfinite(value):
+            return (f"{_path_str(path)}: {value!r} is not a JSON number; write null for a "
+                    "value that could not be computed")
+    for path, value in _walk(entry.get("metrics", {}), ("metrics",)):
+        if (path and path[-1] == "ci" and isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, (int, float)) for v in value) and value[0] > value[1]):
+            return f"{_path_str(path)}: interval {value!r} has lo > hi"
+    land = entry.get("metrics", {}).get("landscape")
+    if isinstance(land, dict):
+        n = len(land.get("gammas", []))
+        for key in ("explanation", "cross_entropy"):
+            if len(land.get(key, [])) != n:
+                return (f"{_path_str(('metrics', 'landscape', key))}: has "
+                        f"{len(land.get(key, []))} values for {n} gammas")
+    date = entry.get("date")
+    try:
+        datetime.fromisoformat(date.replace("Z", "+00:00"))
+    except ValueError:
+        return f"entry.date: {date!r} is not a valid ISO 8601 date-time"
+    return None
+
+
+def validate_entry(entry: dict[str, Any]) -> None:
+    """Check ``entry`` against ``schema.json`` and the rules in the module docstring.
+
+    Raises :class:`~xrbench.errors.XRBenchError` with one line naming the path of the first
+    problem and what is wrong, e.g.
+    ``entry.metrics.clean_acc.value: 'high' is not of type 'number', 'null'``.
+    """
+    if not isinstance(entry, dict):
+        raise XRBenchError(f"entry: expected a JSON object, got {type(entry).__name__}")
+    error: ValidationError | None = best_match(_validator().iter_errors(entry))
+    if error is not None:
+        raise XRBenchError(_one_line(f"{_path_str(error.absolute_path)}: {error.message}"))
+    problem = _semantic_error(entry)
+    if problem is not None:
+        raise XRBenchError(_one_line(problem))
+
+
+def read_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate one entry file; any problem is an :class:`XRBenchError` naming it."""
+    entry = read_json(path)  # names the file on missing / malformed JSON
+    try:
+        validate_entry(entry)
+    except XRBenchError as exc:
+        raise XRBenchError(f"invalid result entry {path}: {exc}") from exc
+    return entry
+
+
+def write_entry(path: str | os.PathLike[str], entry: dict[str, Any],
+                overwrite: bool = False) -> Path:
+    """Validate ``entry`` and write it atomically to ``path``; return the path.
+
+    An existing file with the same content is left as it is. An existing file with different
+    content (or one that is not valid JSON) is replaced only with ``overwrite=True``
+    (``--force`` on the command line); otherwise an :class:`XRBenchError` is raised.
+    """
+    path = Path(path)
+    validate_entry(entry)
+    if path.exists():
+        try:
+            same = json.loads(path.read_text(encoding="utf-8")) == entry
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            same = False
+        if same:
+            return path
+        if not overwrite:
+            raise XRBenchError(f"{path} already holds a different result entry; pass --force "
+                               "(overwrite=True) to replace it, or choose another output folder")
+    write_json(path, entry)
+    return path
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_component(name: str, max_len: int = 80) -> str:
+    """``name`` as one safe path component.
+
+    A name made only of ``A-Z a-z 0-9 . _ + -`` (and not starting with a dot) is kept as it
+    is. Anything else (``timm:resnet18``, ``imagefolder:/data/x``, ``a|b``) has each run of
+    other characters replaced by ``_`` and gets ``-`` plus 8 hex digits of the name's sha256,
+    so two different names never share a folder: ``timm_resnet18-1b3f...``.
+    """
+    name = str(name)
+    safe = _UNSAFE.sub("_", name).strip("._")[:max_len]
+    if safe == name and safe not in ("", ".", ".."):
+        return safe
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{safe}-{digest}" if safe else digest
+
+
+def entry_path(out_dir: str | os.PathLike[str], entry: dict[str, Any]) -> Path:
+    """``out_dir/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, each name
+    made safe by :func:`safe_component`."""
+    try:
+        parts = [entry["dataset"]["name"], entry["model"]["name"], entry["explainer"]["name"],
+                 entry["protocol"]["profile"]]
+        leaf = f"{safe_component(entry['defense']['name'])}-s{int(entry['seed'])}.json"
+    except (KeyError, TypeError, ValueError) as exc:
+        raise XRBenchError(f"cannot place entry in {out_dir}: missing or bad field {exc}; "
+                           "validate it with validate_entry first") from exc
+    return Path(out_dir).joinpath(*(safe_component(p) for p in parts), leaf)
+
+
+def load_entries(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every ``*.json`` entry below ``results_dir`` (hidden files and folders skipped), in
+    sorted path order, each validated; a malformed or invalid file is an
+    :class:`XRBenchError` naming it."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise XRBenchError(f"results folder not found: {root}")
+    files = sorted(p for p in root.rglob("*.json")
+                   if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return [read_entry(p) for p in files]

@@ -1,0 +1,247 @@
+"""Result entries (schema, read/write, layout) and markdown leaderboards, PROTOCOL.md 8."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from xrbench.errors import XRBenchError
+from xrbench.leaderboard.render import MISSING, group_key, render_markdown
+from xrbench.leaderboard.schema import (entry_path, load_entries, load_schema, read_entry,
+                                        safe_component, validate_entry, write_entry)
+
+
+def _m(value: float | None, lo: float | None = None, hi: float | None = None, n: int = 50,
+       **extra: Any) -> dict[str, Any]:
+    ci = None if lo is None else [lo, hi]
+    return {"value": value, "ci": ci, "n": n, **extra}
+
+
+def make_entry(defense: str = "sep_neg", seed: int = 0, expl_end: float = 6.5e-5,
+               **over: Any) -> dict[str, Any]:
+    """A complete, valid schema-v1 entry (digits / convnet / grad_x_input / quick)."""
+    entry: dict[str, Any] = {
+        "schema_version": 1,
+        "protocol": {"version": 1, "profile": "quick",
+                     "parameters": {"manipulation_iterations": 300, "manipulation_lr": 0.001,
+                                    "pairs": 2450, "rps_eps": ["4/255", "8/255", "16/255"],
+                                    "linf_budget": None, "optimizer": "adam"}},
+        "xrbench": {"version": "0.1.0", "git_commit": "abc1234def"},
+        "date": "2026-11-25T12:00:00+00:00",
+        "dataset": {"name": "digits", "channels": 1, "size": 8, "num_classes": 10,
+                    "mean": [0.3056], "std": [0.3761], "eps_pgd": 0.3,
+                    "retrieval_eps": [0.1, 0.2, 0.3]},
+        "subset": {"manifest_sha256": "a" * 64, "n_images": 50, "n_pairs": 2450},
+        "model": {"name": "convnet", "parameters": 112970, "beta": 3.0,
+                  "activation": "softplus"},
+        "defense": {"name": defense,
+                    "recipe": {"epochs": 25, "batch_size": 64, "lr": 0.001, "lambda_": -1.0},
+                    "recipe_hash": "0123456789ab", "source": "xrbench"},
+        "checkpoint": {"sha256": "b" * 64, "origin": "trained"},
+        "explainer": {"name": "grad_x_input"},
+        "seed": seed,
+        "metrics": {
+            "clean_acc": _m(99.1, 98.5, 99.6, n=540),
+            "pgd_acc": _m(12.3, 10.0, 14.0, n=540),
+            "expl_start": _m(1.2e-4, 1.1e-4, 1.3e-4, n=2450, median=1.1e-4),
+            "expl_end": _m(expl_end, expl_end * 0.9, expl_end * 1.1, n=2450,
+                           median=expl_end),
+            "class_changed": _m(0.02, 0.01, 0.03, n=2450),
+            "manipulation_loss": {"at_10": 1.0, "at_50": 0.5, "at_100": 0.4},
+            "rps": {sim: {e: _m(0.9, 0.85, 0.95) for e in ("4/255", "8/255", "16/255")}
+                    for sim in ("cosine", "pcc", "ssim")},
+            "insertion": _m(55.0, 50.0, 60.0),
+            "adv_insertion": _m(40.0, 35.0, 45.0),
+            "retrieval": {k: {"0.1": _m(0.9, 0.8, 1.0), "0.2": _m(0.8, 0.7, 0.9),
+                              "0.3": _m(0.5, 0.4, 0.6)}
+                          for k in ("relex_adv_mask", "relex_clean_mask",
+                                    "explainer_adv_mask", "explainer_clean_mask")},
+            "landscape": {"gammas": [0.0, 0.1, 0.2], "explanation": [1e-5, 2e-5, 4e-5],
+                          "cross_entropy": [0.01, 0.02, None]},
+        },
+        "flags": {"not_converged": False, "degenerate": False},
+        "timing": {"train": 12.3, "subset": 0.1, "accuracy": 2.0, "manipulation": 100.0},
+        "environment": {"torch": "2.14.1", "device": "cpu", "threads": 2, "python": "3.11.7"},
+    }
+    entry.update(over)
+    return entry
+
+
+def _rejects(entry: dict[str, Any]) -> str:
+    with pytest.raises(XRBenchError) as info:
+        validate_entry(entry)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_schema_is_valid_draft_2020_12_and_example_validates() -> None:
+    schema = load_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    assert schema["properties"]["schema_version"] == {"const": 1}
+    validate_entry(make_entry())
+    # null where a metric could not be computed; extra (future) metrics and card fields pass
+    e = make_entry()
+    e["metrics"]["class_changed"] = _m(None, n=0)
+    e["metrics"]["future_metric"] = {"value": 3.0}
+    e["dataset"]["splits"] = {"train": 1257}
+    validate_entry(e)
+
+
+def test_round_trip_write_read(tmp_path: Path) -> None:
+    entry = make_entry()
+    original = copy.deepcopy(entry)
+    path = write_entry(entry_path(tmp_path, entry), entry)
+    assert path.is_file()
+    assert read_entry(path) == original
+    assert entry == original  # not mutated
+    assert load_entries(tmp_path) == [original]
+    # identical content again: fine, no --force needed
+    assert write_entry(path, copy.deepcopy(entry)) == path
+
+
+@pytest.mark.parametrize("mutate, path, what", [
+    (lambda e: e["metrics"]["clean_acc"].update(value="high"),
+     "entry.metrics.clean_acc.value", "'high' is not of type 'number'"),
+    (lambda e: e["metrics"].pop("expl_end"),
+     "entry.metrics", "'expl_end' is a required property"),
+    (lambda e: e["protocol"].update(profile="fast"),
+     "entry.protocol.profile", "'fast' is not one of"),
+    (lambda e: e["metrics"]["pgd_acc"].update(ci=["10", 14.0]),
+     "entry.metrics.pgd_acc.ci[0]", "'10' is not of type 'number'"),
+    (lambda e: e["metrics"]["class_changed"].update(value=2.0),
+     "entry.metrics.class_changed.value", "greater than the maximum of 1"),
+    (lambda e: e["metrics"]["rps"]["cosine"]["8/255"].update(vale=0.3),
+     "entry.metrics.rps.cosine.8/255", "'vale' was unexpected"),
+    (lambda e: e.update(seed="0"), "entry.seed", "'0' is not of type 'integer'"),
+    (lambda e: e["checkpoint"].update(sha256="xyz"), "entry.checkpoint.sha256", "match"),
+    (lambda e: e.update(metrcs={}), "entry", "'metrcs' was unexpected"),
+])
+def test_invalid_entries_are_rejected_naming_the_path(mutate: Any, path: str,
+                                                      what: str) -> None:
+    e = make_entry()
+    mutate(e)
+    msg = _rejects(e)
+    assert msg.startswith(path + ": "), msg
+    assert what in msg
+
+
+def test_semantic_checks() -> None:
+    e = make_entry()
+    e["metrics"]["expl_start"]["value"] = float("nan")
+    msg = _rejects(e)
+    assert msg.startswith("entry.metrics.expl_start.value: nan") and "null" in msg
+    e = make_entry()
+    e["metrics"]["pgd_acc"]["ci"] = [14.0, 10.0]
+    assert _rejects(e).startswith("entry.metrics.pgd_acc.ci: interval [14.0, 10.0] has lo > hi")
+    e = make_entry()
+    e["metrics"]["landscape"]["cross_entropy"] = [0.1]
+    assert _rejects(e) == "entry.metrics.landscape.cross_entropy: has 1 values for 3 gammas"
+    assert _rejects(make_entry(date="2026-13-45T12:00:00Z")).startswith("entry.date:")
+
+
+def test_invalid_file_and_malformed_json_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "digits" / "bad.json"
+    bad.parent.mkdir()
+    bad.write_text('{"schema_version": 1,', encoding="utf-8")
+    with pytest.raises(XRBenchError, match=r"malformed JSON in .*bad\.json"):
+        read_entry(bad)
+    with pytest.raises(XRBenchError, match=r"bad\.json"):
+        load_entries(tmp_path)
+    wrong = tmp_path / "wrong.json"
+    e = make_entry()
+    e["metrics"]["clean_acc"]["value"] = "99.1"
+    wrong.write_text(json.dumps(e), encoding="utf-8")
+    with pytest.raises(XRBenchError) as info:
+        read_entry(wrong)
+    assert str(wrong) in str(info.value)
+    assert "entry.metrics.clean_acc.value: '99.1' is not of type 'number'" in str(info.value)
+    with pytest.raises(XRBenchError, match="not found"):
+        load_entries(tmp_path / "nowhere")
+
+
+def test_write_refuses_to_overwrite_a_different_entry(tmp_path: Path) -> None:
+    path = tmp_path / "e.json"
+    write_entry(path, make_entry(expl_end=1e-5))
+    with pytest.raises(XRBenchError, match="--force"):
+        write_entry(path, make_entry(expl_end=2e-5))
+    assert read_entry(path)["metrics"]["expl_end"]["value"] == 1e-5
+    write_entry(path, make_entry(expl_end=2e-5), overwrite=True)
+    assert read_entry(path)["metrics"]["expl_end"]["value"] == 2e-5
+    # an invalid entry is never written
+    bad = make_entry(seed=-1)
+    with pytest.raises(XRBenchError, match="entry.seed"):
+        write_entry(tmp_path / "new.json", bad)
+    assert not (tmp_path / "new.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.json"]  # no temp files left
+
+
+def test_entry_path_layout(tmp_path: Path) -> None:
+    assert entry_path(tmp_path, make_entry(seed=3)) == (
+        tmp_path / "digits" / "convnet" / "grad_x_input" / "quick" / "sep_neg-s3.json")
+    e = make_entry(defense="a|b")
+    e["dataset"]["name"] = "imagefolder:/x/y"
+    e["model"]["name"] = "timm:resnet18"
+    p = entry_path(tmp_path, e)
+    rel = p.relative_to(tmp_path).parts
+    assert len(rel) == 5
+    assert rel[0].startswith("imagefolder_x_y-") and rel[1].startswith("timm_resnet18-")
+    assert rel[4].startswith("a_b-") and rel[4].endswith("-s0.json")
+    assert all("/" not in part and ":" not in part and "|" not in part for part in rel)
+    # distinct names never collide, sanitising is deterministic
+    assert safe_component("imagefolder:/x/y") != safe_component("imagefolder:/x_y")
+    assert safe_component("timm:resnet18") == safe_component("timm:resnet18")
+    assert safe_component("..") not in ("..", ".", "")
+
+
+def _row(md: str, defense: str) -> list[str]:
+    line = next(ln for ln in md.splitlines() if ln.startswith(f"| {defense} "))
+    cells = [c.strip() for c in line.replace("\\|", "\x00").strip().strip("|").split("|")]
+    return [c.replace("\x00", "\\|") for c in cells]
+
+
+def test_render_markdown_groups_sorts_and_formats() -> None:
+    a = make_entry("mat", expl_end=3.0e-5)
+    b = make_entry("sep_neg", expl_end=6.5718e-5)
+    c = make_entry("a|b", expl_end=1.5e-5)
+    c["metrics"].pop("insertion")
+    c["metrics"]["pgd_acc"]["value"] = None
+    c["flags"]["degenerate"] = True
+    other = make_entry("normal")
+    other["model"]["name"] = "lenet"
+    assert group_key(a) == ("digits", "convnet", "grad_x_input", "quick", 1)
+    assert group_key(other) == ("digits", "lenet", "grad_x_input", "quick", 1)
+
+    md = render_markdown([b, other, a, c])
+    assert md.count("| defense ") == 2  # two tables, one per group
+    headings = [ln for ln in md.splitlines() if ln.startswith("#")]
+    assert headings == [
+        "### digits / convnet / grad_x_input / profile quick / protocol v1",
+        "### digits / lenet / grad_x_input / profile quick / protocol v1",
+    ]
+    first = md.split(headings[1])[0]
+    # rows by Expl@end ascending; the pipe in "a|b" is escaped
+    order = [ln.split("|")[1].strip() for ln in first.splitlines()
+             if ln.startswith("| ") and "defense" not in ln]
+    assert order == ["a\\", "mat", "sep_neg"]
+    assert "| a\\|b " in first
+    assert "sorted by Expl@end ascending" in first
+
+    assert _row(md, "sep_neg") == ["sep_neg", "0", "99.10", "12.30", "1200.000", "657.180",
+                                   "0.900", "55.00", "40.00", "80.0", ""]
+    row_c = _row(md, "a\\|b")
+    assert row_c[0] == "a\\|b"
+    assert row_c[3] == MISSING  # PGD acc null
+    assert row_c[5] == "150.000"  # 1.5e-5 x 1e7
+    assert row_c[7] == MISSING  # insertion absent
+    assert row_c[10] == "degenerate"
+    assert "middle eps (0.2)" in first
+
+    assert render_markdown([]) == "_No entries._\n"
+    # pure: same input, same text; entries untouched
+    assert render_markdown([a, b, c, other]) == md

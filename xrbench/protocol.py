@@ -1,0 +1,91 @@
+"""Profiles: named sets of protocol sizes (PROTOCOL.md section 6).
+
+Every value of the profile in use is recorded in each entry (``Profile.parameters``), so a
+number is never a silent constant. Values the protocol fixes (RelEx 50 x 50, RPS 10 draws,
+PGD 10 steps...) keep their protocol value in ``paper`` and ``quick``; only ``smoke`` (tests
+and CI) shrinks them, and says so in its parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from .data import DatasetCard
+from .errors import XRBenchError
+
+PROTOCOL_VERSION = 1
+CLUSTERS = 10  # k-means k (SEP paper appendix C)
+PAPER_LR_NORMALISED = 2e-4  # Dombrowski reference run_attack.py, in normalised input units
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one evaluation. Learning rates are in pixel units ([0, 1] images)."""
+
+    name: str
+    per_cluster: int  # subset images per k-means cluster (x10 clusters)
+    manipulation_iterations: int  # Adam steps of the Dombrowski attack (5.2)
+    manipulation_lr: float | None  # pixel units; None = 2e-4 x dataset std (paper, 5.2)
+    pgd_max_images: int | None  # test images for clean/PGD accuracy; None = whole split
+    pgd_steps: int = 10  # 5.1
+    rps_draws: int = 10  # 5.3
+    adv_insertion_iterations: int = 100  # 5.4
+    relex_iterations: int = 50  # 5.5 (RelEx reference code)
+    relex_samples: int = 50  # 5.5
+    retrieval_pgd_steps: int = 20  # 5.5
+    landscape_pairs: int = 100  # 5.6: fixed sample of pairs
+    landscape_gamma_max: float = 1.0  # 5.6: grid 0..max (normalised-noise scale, pixel units)
+    landscape_points: int = 11
+    bootstrap_resamples: int = 1000  # 5.7
+    pair_batch: int = 1225  # pairs per manipulation chunk (memory only; results independent)
+
+    @property
+    def n_images(self) -> int:
+        return self.per_cluster * CLUSTERS
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_images * (self.n_images - 1)
+
+    def lr_for(self, card: DatasetCard) -> float:
+        """Manipulation learning rate in pixel units for ``card``."""
+        if self.manipulation_lr is not None:
+            return self.manipulation_lr
+        return PAPER_LR_NORMALISED * card.mean_std
+
+    def parameters(self, card: DatasetCard) -> dict[str, Any]:
+        """Every protocol parameter of this profile, as recorded in an entry."""
+        p = asdict(self)
+        p.update(manipulation_lr=self.lr_for(card), n_images=self.n_images,
+                 pairs=self.n_pairs, clusters=CLUSTERS, eps_pgd=card.eps_pgd,
+                 rps_eps=list(card.rps_eps), retrieval_eps=list(card.retrieval_eps),
+                 manipulation_budget=None, map_prefactor=1e11, output_prefactor=1e6)
+        return p
+
+
+# ``quick``: iterations and lr chosen by measurement on digits (docs/quick-profile.md):
+# Expl@end within 5% of what doubling the iterations gives.
+PROFILES: dict[str, Profile] = {
+    "paper": Profile("paper", per_cluster=15, manipulation_iterations=1500,
+                     manipulation_lr=None, pgd_max_images=None),
+    "quick": Profile("quick", per_cluster=5, manipulation_iterations=300,
+                     manipulation_lr=1e-3, pgd_max_images=1000),
+    "smoke": Profile("smoke", per_cluster=2, manipulation_iterations=20, manipulation_lr=1e-3,
+                     pgd_max_images=200, rps_draws=4, adv_insertion_iterations=10,
+                     relex_iterations=10, relex_samples=8, landscape_pairs=20,
+                     landscape_points=5, bootstrap_resamples=200),
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise XRBenchError(f"unknown profile {name!r}; valid profiles: "
+                           f"{', '.join(PROFILES)}") from None
+
+
+def with_overrides(profile: Profile, **kwargs: Any) -> Profile:
+    """A copy with some sizes changed (used by measurements, never by published entries)."""
+    return replace(profile, **{k: v for k, v in kwargs.items() if v is not None})
