@@ -1,0 +1,167 @@
+"""Insertion and Adv-Insertion (Joo et al. 2023), PROTOCOL.md section 5.4.
+
+Insertion: for each ratio r in {0, 0.05, ..., 1} (21 values), keep the top ``floor(r * H*W)``
+pixel locations of the ranking map (all channels of a kept pixel) and set every other pixel to
+the dataset mean colour (``model.normalize.mean``, i.e. 0 in normalised space, what the
+reference's ``x_s * mask`` on normalised tensors gives). The per-image score is the mean over
+the ratios of the softmax probability of the TRUE label, in percent. The ranking map is
+``max_map(a(x, y))`` for Insertion and ``max_map(a(x_adv, y))`` for Adv-Insertion, where
+``x_adv`` is the frame-target manipulation of x (:mod:`xrbench.attacks.frame`); the inserted
+pixels always come from the clean x. References: RobustAGA ``project/module/test_insertion.py``,
+``test_adv_insertion.py`` (``perturbation``), ``test_taps_saps.py`` (``get_adv_img``).
+
+Choices (recorded by :func:`insertion_params`):
+
+- Ratios: the protocol's 21 values 0, 0.05, ..., 1. The reference logs ``i / 20`` for
+  i = 0..19 (20 values, without r = 1).
+- Exactly ``floor(r * H*W + 1e-9)`` pixels are kept (the 1e-9 guards against r * H*W landing
+  a rounding error below an integer). Ties in the ranking are broken stably by flat pixel
+  index (row-major; the lower index is inserted first). The reference keeps the pixels
+  strictly above the value at rank ``int(r * H*W)``, so it keeps fewer pixels when that
+  value is tied.
+- The explained class is the true label in both metrics, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xrbench.attacks.frame import FRAME_ITERATIONS, frame_manipulation
+from xrbench.attacks.pgd import eval_mode
+from xrbench.explainers import max_map, split_model
+
+Explain = Callable[..., torch.Tensor]  # explain(model, x, target, create_graph=False)
+
+INSERTION_RATIOS: tuple[float, ...] = tuple(i / 20 for i in range(21))
+
+
+def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else fallback
+
+
+def insertion_ranks(h: torch.Tensor) -> torch.Tensor:
+    """Rank of every pixel location, 0 = inserted first: (N, H, W) map -> (N, H*W) int64.
+
+    Descending by map value, ties by ascending flat index (stable sort).
+    """
+    order = torch.sort(h.flatten(1), dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device)
+                   .expand_as(order).contiguous())
+    return ranks
+
+
+def kept_counts(ratios: Sequence[float], n_pixels: int) -> list[int]:
+    """``floor(r * n_pixels)`` per ratio (with a 1e-9 guard against rounding below)."""
+    return [min(n_pixels, max(0, math.floor(r * n_pixels + 1e-9))) for r in ratios]
+
+
+def insertion_curve(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    h: torch.Tensor,
+    *,
+    ratios: Sequence[float] = INSERTION_RATIOS,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Softmax probability of class ``y`` after inserting the top pixels of ``h``:
+    (N, R) in [0, 1], column j for ``ratios[j]``.
+
+    x: (N, C, H, W) clean pixels in [0, 1]; y: (N,) int64; h: (N, H, W) ranking map. All
+    ratios of a chunk of ``max(1, batch_size // R)`` images go through ONE forward pass; the
+    model runs in eval mode (restored afterwards). Result on ``x``'s device, float32.
+    """
+    device = _device_of(model, x.device)
+    _, mean, _ = split_model(model)
+    counts = torch.tensor(kept_counts(ratios, h.shape[-2] * h.shape[-1]), device=device)
+    r = len(counts)
+    per_chunk = max(1, batch_size // r)
+    out = torch.empty(x.shape[0], r, device=x.device)
+    with eval_mode(model), torch.no_grad():
+        for start in range(0, x.shape[0], per_chunk):
+            xc = x[start:start + per_chunk].to(device)
+            yc = y[start:start + per_chunk].to(device)
+            m = xc.shape[0]
+            ranks = insertion_ranks(h[start:start + per_chunk].to(device))        # (m, HW)
+            keep = (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(r, m, 1, *xc.shape[-2:])
+            fill = torch.as_tensor(mean, dtype=xc.dtype, device=device).expand_as(xc)
+            x_ins = torch.where(keep, xc.unsqueeze(0), fill.unsqueeze(0))         # (R, m, ...)
+            prob = F.softmax(model(x_ins.flatten(0, 1)).float(), dim=1)
+            p_y = prob.gather(1, yc.repeat(r).view(-1, 1)).view(r, m)
+            out[start:start + m] = p_y.t().to(x.device)
+    return out
+
+
+def insertion(
+    model: nn.Module,
+    explainer: Explain,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    ratios: Sequence[float] = INSERTION_RATIOS,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Per-image Insertion score in percent, (N,): ``100 * mean_r p_y(insert_r(x))`` with the
+    ranking map ``max_map(a(x, y))`` for the TRUE label y (N,) (RobustAGA
+    ``test_insertion.py``). Higher is better (a more faithful map)."""
+    device = _device_of(model, x.device)
+    with eval_mode(model):
+        h = torch.cat([max_map(explainer(model, x[s:s + batch_size].to(device),
+                                         y[s:s + batch_size].to(device))).detach()
+                       for s in range(0, x.shape[0], batch_size)])
+    return 100 * insertion_curve(model, x, y, h, ratios=ratios, batch_size=batch_size).mean(1)
+
+
+def adv_insertion(
+    model: nn.Module,
+    explainer: Explain,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    iterations: int = FRAME_ITERATIONS,
+    lr: float | None = None,
+    ratios: Sequence[float] = INSERTION_RATIOS,
+    attack_batch: int = 128,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Per-image Adv-Insertion score in percent, (N,): Insertion of the CLEAN pixels of x in
+    the order of ``max_map(a(x_adv, y))``, x_adv the frame-target manipulation of x for the
+    true label y with L-inf budget ``eps`` (pixel units; see
+    :func:`xrbench.attacks.frame.adv_insertion_eps`). RobustAGA ``test_adv_insertion.py``.
+
+    The attack runs ``attack_batch`` images at a time (its objective is a per-image sum, so
+    the result does not depend on the chunking); the map of x_adv is taken on the original
+    model. Higher is better (the map keeps ranking the evidence despite the manipulation).
+    """
+    device = _device_of(model, x.device)
+    maps = []
+    with eval_mode(model):
+        for s in range(0, x.shape[0], attack_batch):
+            xc, yc = x[s:s + attack_batch].to(device), y[s:s + attack_batch].to(device)
+            x_adv = frame_manipulation(model, explainer, xc, yc, eps=eps,
+                                       iterations=iterations, lr=lr)
+            maps.append(max_map(explainer(model, x_adv, yc)).detach())
+    h_adv = torch.cat(maps)
+    return 100 * insertion_curve(model, x, y, h_adv, ratios=ratios,
+                                 batch_size=batch_size).mean(1)
+
+
+def insertion_params(ratios: Sequence[float] = INSERTION_RATIOS, eps: float | None = None,
+                     iterations: int = FRAME_ITERATIONS, lr: float | None = None
+                     ) -> dict[str, Any]:
+    """The protocol parameters of an Insertion / Adv-Insertion run, for the result record."""
+    return {"ratios": [float(r) for r in ratios], "label": "true", "map": "max_map",
+            "fill": "dataset mean colour", "kept": "floor(r * H*W)",
+            "ties": "stable, lower flat index first", "unit": "percent",
+            "adv": {"target": "frame, width round(5*S/32) (halves up, >= 1)", "eps": eps,
+                    "iterations": iterations,
+                    "lr": lr if lr is not None or eps is None else 4 * eps / iterations,
+                    "optimizer": "adam", "loss": "per-image sum"}}
