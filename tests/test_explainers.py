@@ -121,3 +121,9 @@ def test_expl_loss_of_a_map_with_itself_is_zero():
     assert torch.equal(expl_loss(m, m), torch.zeros(4))
     other = sum_map(torch.randn(4, 1, 8, 8))
     torch.testing.assert_close(expl_loss(m, other), ((m - other) ** 2).mean(dim=(1, 2)))
+
+
+def test_smoothgrad_map_does_not_depend_on_the_batch(setup):
+    model, x, target, _ = setup
+    sg = get_explainer("smoothgrad", samples=4)
+    _close(sg(model, x[:2], target[:2]), sg(model, x, target)[:2])

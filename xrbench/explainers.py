@@ -156,7 +156,8 @@ class SmoothGrad(Explainer):
 
     ``noise``: std of the Gaussian noise in pixel units (0.15 = 15% of the [0,1] range, the
     paper's recommended 10-20%); ``samples`` copies; noise from a generator seeded by ``seed``
-    so that a map is a deterministic function of its input.
+    so that a map is a deterministic function of its input alone (the same ``samples`` noise
+    patterns are used for every image, so batching never changes a map).
     """
 
     base: str = "gradient"
@@ -168,7 +169,10 @@ class SmoothGrad(Explainer):
     def attribute(self, model, x, target, create_graph=False):
         base = get_explainer(self.base)
         g = torch.Generator(device=x.device).manual_seed(self.seed)
-        eps = torch.randn((self.samples, *x.shape), generator=g, device=x.device, dtype=x.dtype)
+        # one noise pattern per sample, shared by every image of the batch: an image's map
+        # then depends on that image alone, never on which other images share its batch
+        eps = torch.randn((self.samples, 1, *x.shape[1:]), generator=g, device=x.device,
+                          dtype=x.dtype)
         xs = (x.unsqueeze(0) + self.noise * eps).flatten(0, 1)
         a = base(model, xs, target.repeat(self.samples), create_graph=create_graph)
         return a.view(self.samples, *x.shape).mean(dim=0)
