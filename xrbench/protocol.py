@@ -35,10 +35,10 @@ class Profile:
     relex_samples: int = 50  # 5.5
     retrieval_pgd_steps: int = 20  # 5.5
     landscape_pairs: int = 100  # 5.6: fixed sample of pairs
-    landscape_gamma_max: float = 1.0  # 5.6: grid 0..max (normalised-noise scale, pixel units)
+    landscape_gamma_max_eps: float = 2.0  # 5.6: grid 0..this x eps_pgd (pixel units)
     landscape_points: int = 11
     bootstrap_resamples: int = 1000  # 5.7
-    pair_batch: int = 1225  # pairs per manipulation chunk (memory only; results independent)
+    pair_batch: int = 512  # pairs per manipulation chunk (memory/speed only; results independent)
 
     @property
     def n_images(self) -> int:
@@ -60,6 +60,7 @@ class Profile:
         p.update(manipulation_lr=self.lr_for(card), n_images=self.n_images,
                  pairs=self.n_pairs, clusters=CLUSTERS, eps_pgd=card.eps_pgd,
                  rps_eps=list(card.rps_eps), retrieval_eps=list(card.retrieval_eps),
+                 landscape_gamma_max=self.landscape_gamma_max_eps * card.eps_pgd,
                  manipulation_budget=None, map_prefactor=1e11, output_prefactor=1e6)
         return p
 

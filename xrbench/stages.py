@@ -16,11 +16,11 @@ STAGES = ("accuracy", "manipulation", "rps", "insertion", "adv_insertion", "retr
           "landscape")
 
 
-def eps_key(eps: float, grey: bool) -> str:
-    """Label of an eps value as entries write it: ``"8/255"`` for RGB-style values, the
-    decimal for the grey retrieval radii (``"0.1"``)."""
+def eps_key(eps: float, decimal: bool) -> str:
+    """Label of an eps value as entries write it: ``"8/255"`` for grey-level radii, the
+    decimal (``"0.1"``) when ``decimal`` (the grey datasets' retrieval radii)."""
     k = eps * 255
-    if abs(k - round(k)) < 1e-6:
+    if not decimal and abs(k - round(k)) < 1e-6:
         return f"{round(k)}/255"
     return f"{eps:g}"
 
@@ -153,7 +153,8 @@ def stage_landscape(ctx: EvalContext) -> dict[str, Any]:
 
     require_differentiable(ctx.explainer, "loss landscape")
     p = ctx.profile
-    gammas = torch.linspace(0, p.landscape_gamma_max, p.landscape_points)
+    gammas = torch.linspace(0, p.landscape_gamma_max_eps * ctx.dataset.card.eps_pgd,
+                            p.landscape_points)
     pairs = ordered_pairs(ctx.images.shape[0])
     g = torch.Generator().manual_seed(ctx.seed)
     pick = pairs[torch.randperm(len(pairs), generator=g)[:p.landscape_pairs]]
