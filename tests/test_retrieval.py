@@ -1,0 +1,108 @@
+"""RelEx masks and class retrieval (PROTOCOL 5.5): protocol defaults, mask range, a mask
+that finds the only region a model reads, retrieval of clean predictions, explainer masks."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+from xrbench.explainers import get_explainer
+from xrbench.metrics.retrieval import (apply_mask, explainer_mask, predict, relex_mask,
+                                       retrieval)
+from xrbench.models import XRModel
+
+
+def test_defaults_are_the_protocol_values() -> None:
+    d = {k: p.default for k, p in inspect.signature(relex_mask).parameters.items()}
+    assert (d["iterations"], d["samples"], d["lr"], d["momentum"]) == (50, 50, 0.1, 0.99)
+    assert (d["lambda1"], d["lambda2"], d["noise_level"], d["init_max"]) == (1e-4, 1.0, 0.1, 0.01)
+    assert inspect.signature(retrieval).parameters["pgd_steps"].default == 20
+
+
+class TopLeft(nn.Module):
+    """Two classes read from the top-left 3 x 3 pixels only: logits (s, -s), s their sum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(9, 2)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.stack([torch.ones(9), -torch.ones(9)]))
+            self.fc.bias.zero_()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fc(z[:, :, :3, :3].flatten(1))
+
+
+def test_relex_mask_concentrates_on_the_region_the_model_reads(digits) -> None:
+    model = XRModel(TopLeft(), digits.card, "topleft").eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((6, 1, 8, 8), generator=g)
+    x[:, :, :3, :3] = 1.0  # bright region: class 0 with p ~ 1
+    m = relex_mask(model, x, iterations=20, samples=8, generator=g)
+    assert m.shape == x.shape and m.min() >= 0 and m.max() <= 1
+    inside = m[:, :, :3, :3].mean().item()
+    outside = (m.sum() - m[:, :, :3, :3].sum()).item() / (m.numel() - 6 * 9)
+    assert inside > 0.9 and outside < 0.01, (inside, outside)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_relex_mask_is_seeded_in_range_and_leaves_the_model_alone(trained_convnet,
+                                                                  test_batch) -> None:
+    x = test_batch[0][:8]
+    for p in trained_convnet.parameters():
+        p.grad = None
+    trained_convnet.train()
+    kw = dict(iterations=5, samples=4)
+    m1 = relex_mask(trained_convnet, x, generator=torch.Generator().manual_seed(1), **kw)
+    m2 = relex_mask(trained_convnet, x, generator=torch.Generator().manual_seed(1), **kw)
+    assert trained_convnet.training  # mode restored
+    trained_convnet.eval()
+    assert torch.equal(m1, m2) and m1.shape == x.shape
+    assert m1.min() >= 0 and m1.max() <= 1
+    assert all(p.grad is None for p in trained_convnet.parameters())
+
+
+def test_apply_mask_blends_toward_the_dataset_mean(trained_convnet, test_batch) -> None:
+    x = test_batch[0][:4]
+    mean = trained_convnet.normalize.mean
+    assert torch.allclose(apply_mask(trained_convnet, x, torch.ones_like(x)), x)
+    assert torch.allclose(apply_mask(trained_convnet, x, torch.zeros_like(x)),
+                          mean.expand_as(x))
+
+
+def test_explainer_mask_scales_by_the_99th_percentile() -> None:
+    h = torch.arange(100, dtype=torch.float32).view(1, 1, 10, 10)
+    a = torch.cat([h / 2, -h / 2], dim=1)  # |.| summed over channels gives h
+    m = explainer_mask(a)
+    assert m.shape == (1, 1, 10, 10)
+    q99 = 98.01  # numpy.percentile(range(100), 99), linear interpolation
+    assert torch.allclose(m.flatten()[:99], torch.arange(99.) / q99)
+    assert m.flatten()[99].item() == 1.0  # 99 / 98.01 > 1, clamped
+
+
+def test_retrieval_recovers_clean_predictions(trained_convnet, test_batch, digits) -> None:
+    x = test_batch[0][:16]
+    out = retrieval(trained_convnet, get_explainer("grad_x_input"), x,
+                    eps_list=[0.0, 0.2], card=digits.card,
+                    generator=torch.Generator().manual_seed(0),
+                    relex=dict(iterations=15, samples=8))
+    hits, rates = out["hits"], out["rates"]
+    assert torch.equal(out["pred_clean"], predict(trained_convnet, x))
+    assert rates["relex_on_clean"] >= 0.9
+    for key in ("relex_adv_mask", "relex_clean_mask", "explainer_adv_mask",
+                "explainer_clean_mask", "no_mask"):
+        assert hits[key].shape == (2, 16) and hits[key].dtype == torch.bool
+        assert all(0.0 <= r <= 1.0 for r in rates[key])
+        assert rates[key] == pytest.approx(hits[key].float().mean(dim=1).tolist())
+    assert 0.0 <= rates["explainer_on_clean"] <= 1.0
+    # eps = 0: PGD leaves x unchanged, so the clean-mask rows equal the clean-image rows
+    assert hits["no_mask"][0].all()
+    assert torch.equal(hits["relex_clean_mask"][0], hits["relex_on_clean"])
+    assert torch.equal(hits["explainer_clean_mask"][0], hits["explainer_on_clean"])
+    # eps = 0.2 really attacks, and the clean RelEx mask retrieves more than no mask
+    assert rates["no_mask"][1] < 0.5
+    assert rates["relex_clean_mask"][1] > rates["no_mask"][1]
+    assert out["params"]["relex"]["samples"] == 8 and out["params"]["relex"]["lr"] == 0.1
