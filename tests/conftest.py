@@ -15,7 +15,9 @@ import xrbench  # noqa: E402,F401
 from xrbench.data import Dataset, load_dataset  # noqa: E402
 from xrbench.models import XRModel, create_model  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: the tests use small batches, where a second thread costs more than it
+# gives, and a shared CI machine makes oversubscription much worse
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import torch
 from .data import load_dataset
 from .errors import XRBenchError
 from .models import DEFAULT_BETA
-from .protocol import PROTOCOL_VERSION
+from .protocol import PROTOCOL_VERSION, Profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, hash_config, resolve_device
 
@@ -70,7 +70,8 @@ def _load_user_checkpoint(ds: Any, model_name: str, path: str, sha256: str | Non
 
 
 def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "convnet",
-             explainer: str = "grad_x_input", profile: str = "quick", *, seed: int = 0,
+             explainer: str = "grad_x_input", profile: "str | Profile" = "quick", *,
+             seed: int = 0,
              out: str | os.PathLike[str] | None = None, checkpoint: str | None = None,
              checkpoint_sha256: str | None = None, overrides: dict[str, str] | None = None,
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
@@ -91,7 +92,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .subset import get_manifest
     from . import stages as st
 
-    prof = get_profile(profile)
+    prof = profile if isinstance(profile, Profile) else get_profile(profile)
     defense_entry = defenses.get_entry(defense)
     models.get(model)
     expl = get_explainer(explainer)
@@ -182,5 +183,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("protocol", "subset", "defense", "checkpoint", "explainer", "seed", "model")
-    return all(a.get(k) == b.get(k) for k in keys) and a.get("metrics") == b.get("metrics")
+    """Same inputs and same numbers (date, timings and where the checkpoint came from may
+    differ between two runs of the same thing)."""
+    keys = ("protocol", "subset", "defense", "explainer", "seed", "model", "metrics", "flags")
+    return (all(a.get(k) == b.get(k) for k in keys)
+            and a["checkpoint"]["sha256"] == b["checkpoint"]["sha256"])

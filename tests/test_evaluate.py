@@ -1,0 +1,118 @@
+"""The evaluate pipeline end to end on the smoke profile: a valid entry, stage caching,
+resume after an interrupt, user checkpoints, and no silent overwrite."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import xrbench.attacks.manipulation as manip
+from xrbench import api
+from xrbench.errors import XRBenchError
+from xrbench.leaderboard.schema import read_entry
+from xrbench.protocol import get_profile, with_overrides
+
+FAST = {"epochs": "2"}
+# three manipulation chunks, so that an interrupt can fall between two of them
+PROFILE = with_overrides(get_profile("smoke"), pair_batch=128)
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    return root / "cache", root / "results"
+
+
+@pytest.fixture(scope="module")
+def first_run(dirs):
+    cache, out = dirs
+    return api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                        cache_root=cache, device="cpu")
+
+
+def test_entry_is_valid_and_complete(first_run):
+    e = read_entry(first_run.path)  # validates against the schema
+    assert first_run.path.parts[-5:] == ("digits", "convnet", "grad_x_input", "smoke",
+                                         "normal-s0.json")
+    m = e["metrics"]
+    assert 80 <= m["clean_acc"]["value"] <= 100 and m["pgd_acc"]["value"] <= m["clean_acc"]["value"]
+    assert m["expl_end"]["value"] < m["expl_start"]["value"]  # the attack lowered L_e
+    lo, hi = m["expl_end"]["ci"]
+    assert lo <= m["expl_end"]["value"] <= hi
+    assert e["subset"]["n_images"] == 20 and e["subset"]["n_pairs"] == 380
+    assert m["expl_end"]["n"] == 380
+    assert set(m["rps"]) == {"cosine", "pcc", "ssim"}
+    assert set(m["rps"]["cosine"]) == {"4/255", "8/255", "16/255"}
+    assert set(m["retrieval"]["relex_adv_mask"]) == {"0.1", "0.2", "0.3"}
+    assert len(m["landscape"]["gammas"]) == len(m["landscape"]["explanation"])
+    assert all(v > 0 for v in m["landscape"]["explanation"] + m["landscape"]["cross_entropy"])
+    assert e["defense"]["recipe"]["epochs"] == 2 and e["checkpoint"]["origin"] == "trained"
+    assert e["protocol"]["parameters"]["manipulation_iterations"] == 20
+    assert e["flags"]["degenerate"] is False
+
+
+def test_rerun_reuses_everything_and_leaves_the_entry(first_run, dirs):
+    cache, out = dirs
+    again = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                         cache_root=cache, device="cpu")
+    assert not again.written and again.entry == read_entry(first_run.path)
+    assert set(again.cached_stages) >= {"accuracy", "manipulation", "rps", "retrieval"}
+
+
+def test_interrupted_manipulation_resumes_without_redoing_work(dirs, monkeypatch, tmp_path):
+    cache, _ = dirs
+    out = tmp_path / "results"
+    real = manip.manipulate
+    calls = {"n": 0}
+
+    def interrupt_second_chunk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(manip, "manipulate", interrupt_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        api.evaluate("normal", explainer="gradient", profile=PROFILE, overrides=FAST, out=out,
+                     progress=False, cache_root=cache, device="cpu")
+    assert calls["n"] == 2
+    calls["n"] = 0
+    monkeypatch.setattr(manip, "manipulate", lambda *a, **k: (calls.__setitem__(
+        "n", calls["n"] + 1), real(*a, **k))[1])
+    res = api.evaluate("normal", explainer="gradient", profile=PROFILE, overrides=FAST,
+                       out=out, progress=False, cache_root=cache, device="cpu")
+    assert calls["n"] == 2  # chunk 1 came from the cache; chunks 2 and 3 ran
+    assert res.entry["checkpoint"]["origin"] == "cache"  # training was not redone
+    assert "accuracy" in res.cached_stages
+    assert res.written and read_entry(res.path)["metrics"]["expl_end"]["n"] == 380
+
+
+def test_different_run_does_not_overwrite_without_force(first_run, dirs):
+    cache, out = dirs
+    with pytest.raises(XRBenchError, match="--force"):
+        api.evaluate("normal", profile=PROFILE, overrides={"epochs": "1"}, out=out,
+                     progress=False, cache_root=cache, device="cpu")
+    assert read_entry(first_run.path) == first_run.entry
+
+
+def test_user_checkpoint_is_scored_and_recorded(first_run, dirs, tmp_path, digits):
+    cache, _ = dirs
+    from xrbench.train import get_trained_model
+
+    trained = get_trained_model(digits, "convnet", "normal", overrides=FAST, progress=False,
+                                cache_root=cache)
+    weights = tmp_path / "mine.pt"
+    torch.save(trained.model.state_dict(), weights)
+    res = api.evaluate("normal", profile=PROFILE, checkpoint=str(weights), out=tmp_path / "r",
+                       progress=False, cache_root=cache, device="cpu")
+    e = res.entry
+    assert e["checkpoint"]["origin"] == "user" and e["defense"]["source"] == "user checkpoint"
+    # same weights, same protocol: the same numbers as the trained run
+    assert e["metrics"]["expl_end"] == first_run.entry["metrics"]["expl_end"]
+    with pytest.raises(XRBenchError, match="sha256"):
+        api.evaluate("normal", profile=PROFILE, checkpoint=str(weights),
+                     checkpoint_sha256="0" * 64, out=tmp_path / "r2", progress=False,
+                     cache_root=cache, device="cpu")
+    json.loads(res.path.read_text())
