@@ -131,8 +131,13 @@ def _objective(model: nn.Module, explainer: Explain, x: torch.Tensor, cls: torch
                target_map: torch.Tensor, prob_victim: torch.Tensor, map_prefactor: float,
                output_prefactor: float, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-pair (objective (P,), L_e (P,)) at x (P, C, H, W)."""
-    expl = expl_loss(sum_map(explainer(model, x, cls, create_graph=create_graph)), target_map)
-    out = ((F.softmax(model(x), dim=1) - prob_victim) ** 2).mean(dim=1)
+    both = getattr(explainer, "attribute_and_logits", None)
+    if both is not None:  # one forward pass serves the map and the output term
+        a, logits = both(model, x, cls, create_graph=create_graph)
+    else:
+        a, logits = explainer(model, x, cls, create_graph=create_graph), model(x)
+    expl = expl_loss(sum_map(a), target_map)
+    out = ((F.softmax(logits, dim=1) - prob_victim) ** 2).mean(dim=1)
     return map_prefactor * expl + output_prefactor * out, expl
 
 

@@ -127,3 +127,12 @@ def test_smoothgrad_map_does_not_depend_on_the_batch(setup):
     model, x, target, _ = setup
     sg = get_explainer("smoothgrad", samples=4)
     _close(sg(model, x[:2], target[:2]), sg(model, x, target)[:2])
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_attribute_and_logits_agree_with_separate_calls(setup, name):
+    model, x, target, _ = setup
+    e = get_explainer(name)
+    a, logits = e.attribute_and_logits(model, x, target)
+    _close(a, e(model, x, target))
+    _close(logits, model(x))

@@ -70,11 +70,17 @@ def _normalised_input(model: nn.Module, x: torch.Tensor, create_graph: bool
 def _target_grad(net: nn.Module, z: torch.Tensor, target: torch.Tensor,
                  create_graph: bool) -> torch.Tensor:
     """d logit_target / dz for each row of z, same shape as z."""
+    return _target_grad_and_logits(net, z, target, create_graph)[0]
+
+
+def _target_grad_and_logits(net: nn.Module, z: torch.Tensor, target: torch.Tensor,
+                            create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d logit_target / dz shaped like z, logits (N, classes)) from one forward pass."""
     with torch.enable_grad():
         out = net(z)
         sel = out.gather(1, target.view(-1, 1)).sum()
         (g,) = torch.autograd.grad(sel, z, create_graph=create_graph)
-    return g
+    return g, out
 
 
 class Explainer:
@@ -94,6 +100,13 @@ class Explainer:
                   create_graph: bool) -> torch.Tensor:
         raise NotImplementedError
 
+    def attribute_and_logits(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                             create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(map shaped like x, logits ``model(x)`` (N, classes)). Explainers whose map comes
+        from the plain forward pass return that pass's logits (one forward instead of two,
+        attacks use both); the default runs the model again."""
+        return self(model, x, target, create_graph), model(x)
+
     def params(self) -> dict[str, Any]:
         return asdict(self) if hasattr(self, "__dataclass_fields__") else {}
 
@@ -109,9 +122,13 @@ class Gradient(Explainer):
     name = "gradient"
 
     def attribute(self, model, x, target, create_graph=False):
+        return self.attribute_and_logits(model, x, target, create_graph)[0]
+
+    def attribute_and_logits(self, model, x, target, create_graph=False):
         with torch.enable_grad():
             net, _, z = _normalised_input(model, x, create_graph)
-            return _target_grad(net, z, target, create_graph)
+            g, logits = _target_grad_and_logits(net, z, target, create_graph)
+        return (g, logits) if create_graph else (g.detach(), logits.detach())
 
 
 @explainers.register("grad_x_input", "gradient x input, z * dF_c/dz (the SEP paper's main method)")
@@ -122,9 +139,14 @@ class GradXInput(Explainer):
     name = "grad_x_input"
 
     def attribute(self, model, x, target, create_graph=False):
+        return self.attribute_and_logits(model, x, target, create_graph)[0]
+
+    def attribute_and_logits(self, model, x, target, create_graph=False):
         with torch.enable_grad():
             net, _, z = _normalised_input(model, x, create_graph)
-            return z * _target_grad(net, z, target, create_graph)
+            g, logits = _target_grad_and_logits(net, z, target, create_graph)
+            a = z * g
+        return (a, logits) if create_graph else (a.detach(), logits.detach())
 
 
 @explainers.register("integrated_gradients",
