@@ -4,12 +4,15 @@ session with a plain loop, so that metric tests do not depend on the trainer).""
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 os.environ.setdefault("XRBENCH_OFFLINE", "1")
+# never read or write the user's own cache from the tests
+os.environ["XRBENCH_CACHE"] = tempfile.mkdtemp(prefix="xrbench-test-cache-")
 
 import xrbench  # noqa: E402,F401
 from xrbench.data import Dataset, load_dataset  # noqa: E402
