@@ -47,8 +47,9 @@ def main() -> None:
     steps = sorted({t for c in args.candidates for t in (c, 2 * c)})
     points = tuple(s / total for s in steps)
     print(f"| defense | lr | Expl@start | " + " | ".join(
-        f"T={c}: E(T) / E(2T) - 1" for c in args.candidates) + " | s/iteration |")
-    print("|---|---|---|" + "---|" * len(args.candidates) + "---|")
+        f"T={c}: E(T) / E(2T) - 1" for c in args.candidates) +
+        f" | class changed after {total} | s/iteration |")
+    print("|---|---|---|" + "---|" * len(args.candidates) + "---|---|")
     for name in args.defenses:
         model = get_trained_model(ds, "convnet", name, progress=False).model.eval()
         for lr in args.lrs:
@@ -60,7 +61,8 @@ def main() -> None:
             cells = [f"{100 * (e[c] / e[2 * c] - 1):+.1f}% ({e[c] * 1e7:.0f} / "
                      f"{e[2 * c] * 1e7:.0f})" for c in args.candidates]
             print(f"| {name} | {lr:g} | {float(res.expl_start.mean()) * 1e7:.0f} | "
-                  + " | ".join(cells) + f" | {sec:.2f} |", flush=True)
+                  + " | ".join(cells) + f" | {100 * float(res.class_changed.float().mean()):.1f}%"
+                  f" | {sec:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,15 +65,17 @@ class Profile:
         return p
 
 
-# ``quick``: iterations and lr chosen by measurement on digits (docs/quick-profile.md). The
-# protocol's rule (Expl@end within 5% of doubling the iterations) holds for `normal` but not
-# for the robust digits models at any setting that fits the quick budget; see that page.
+# ``quick``: iterations and lr chosen by measurement on digits (docs/quick-profile.md): the
+# paper profile's total Adam movement (lr x steps = 2e-4 x std x 1500, 0.113 pixel on digits)
+# in 150 steps, which keeps the predicted class. The protocol's rule (Expl@end within 5% of
+# doubling the iterations) is not met by any setting that keeps the class and fits the quick
+# budget on digits; entries carry the not_converged flag and that page has the numbers.
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", per_cluster=15, manipulation_iterations=1500,
                      manipulation_lr=None, pgd_max_images=None),
     "quick": Profile("quick", per_cluster=5, manipulation_iterations=150,
-                     manipulation_lr=5e-2, pgd_max_images=1000),
-    "smoke": Profile("smoke", per_cluster=2, manipulation_iterations=20, manipulation_lr=5e-2,
+                     manipulation_lr=7.5e-4, pgd_max_images=1000),
+    "smoke": Profile("smoke", per_cluster=2, manipulation_iterations=20, manipulation_lr=5e-3,
                      pgd_max_images=200, rps_draws=4, adv_insertion_iterations=10,
                      relex_iterations=10, relex_samples=8, landscape_pairs=20,
                      landscape_points=5, bootstrap_resamples=200),
