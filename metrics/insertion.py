@@ -34,15 +34,11 @@ from torch import nn
 from xrbench.attacks.frame import FRAME_ITERATIONS, frame_manipulation
 from xrbench.attacks.pgd import eval_mode
 from xrbench.explainers import max_map, split_model
+from xrbench.utils import model_device
 
 Explain = Callable[..., torch.Tensor]  # explain(model, x, target, create_graph=False)
 
 INSERTION_RATIOS: tuple[float, ...] = tuple(i / 20 for i in range(21))
-
-
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else fallback
 
 
 def insertion_ranks(h: torch.Tensor) -> torch.Tensor:
@@ -78,7 +74,7 @@ def insertion_curve(
     ratios of a chunk of ``max(1, batch_size // R)`` images go through ONE forward pass; the
     model runs in eval mode (restored afterwards). Result on ``x``'s device, float32.
     """
-    device = _device_of(model, x.device)
+    device = model_device(model, x.device)
     _, mean, _ = split_model(model)
     counts = torch.tensor(kept_counts(ratios, h.shape[-2] * h.shape[-1]), device=device)
     r = len(counts)
@@ -111,7 +107,7 @@ def insertion(
     """Per-image Insertion score in percent, (N,): ``100 * mean_r p_y(insert_r(x))`` with the
     ranking map ``max_map(a(x, y))`` for the TRUE label y (N,) (RobustAGA
     ``test_insertion.py``). Higher is better (a more faithful map)."""
-    device = _device_of(model, x.device)
+    device = model_device(model, x.device)
     with eval_mode(model):
         h = torch.cat([max_map(explainer(model, x[s:s + batch_size].to(device),
                                          y[s:s + batch_size].to(device))).detach()
@@ -141,7 +137,7 @@ def adv_insertion(
     the result does not depend on the chunking); the map of x_adv is taken on the original
     model. Higher is better (the map keeps ranking the evidence despite the manipulation).
     """
-    device = _device_of(model, x.device)
+    device = model_device(model, x.device)
     maps = []
     with eval_mode(model):
         for s in range(0, x.shape[0], attack_batch):

@@ -27,6 +27,7 @@ from torch import nn
 
 from xrbench.attacks.pgd import eval_mode
 from xrbench.explainers import expl_loss, sum_map
+from xrbench.utils import rows_per_chunk
 
 from .retrieval import predict
 
@@ -42,14 +43,10 @@ def _as_gammas(gammas: Sequence[float] | torch.Tensor, like: torch.Tensor) -> to
     return torch.as_tensor(gammas, dtype=like.dtype, device=like.device).flatten()
 
 
-def _rows(x: torch.Tensor, max_batch_pixels: int) -> int:
-    return max(1, max_batch_pixels // max(1, x[0].numel()))
-
-
 def _maps(model: nn.Module, explainer: Explainer, x: torch.Tensor, c: torch.Tensor,
           max_batch_pixels: int) -> torch.Tensor:
     """sum_map of the explanation of x (n, C, H, W) for classes c (n,), chunked: (n, H, W)."""
-    rows = _rows(x, max_batch_pixels)
+    rows = rows_per_chunk(x, max_batch_pixels)
     return torch.cat([sum_map(explainer(model, x[i:i + rows], c[i:i + rows]).detach())
                       for i in range(0, len(x), rows)])
 
@@ -87,7 +84,7 @@ def explanation_landscape_pairs(
         target_maps = torch.zeros((len(images), *images.shape[2:]), device=images.device,
                                   dtype=images.dtype)
         target_maps[used] = _maps(model, explainer, images[used], pred[used], max_batch_pixels)
-        rows = _rows(images, max_batch_pixels)
+        rows = rows_per_chunk(images, max_batch_pixels)
         for start in range(0, out.numel(), rows):
             r = torch.arange(start, min(start + rows, out.numel()), device=images.device)
             gi, pi = r // n_pairs, r % n_pairs  # row r = (gamma gi, pair pi)
@@ -139,7 +136,7 @@ def ce_landscape_per_image(
     n = x.shape[0]
     d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     out = torch.empty(g.numel() * n, device=x.device, dtype=x.dtype)
-    rows = _rows(x, 16 * max_batch_pixels)
+    rows = rows_per_chunk(x, 16 * max_batch_pixels)
     with eval_mode(model), torch.no_grad():
         for start in range(0, out.numel(), rows):
             r = torch.arange(start, min(start + rows, out.numel()), device=x.device)

@@ -27,6 +27,7 @@ from torch import nn
 from xrbench.attacks.pgd import eval_mode, pgd
 from xrbench.data import DatasetCard
 from xrbench.explainers import split_model
+from xrbench.utils import rows_per_chunk
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,11 @@ MAX_BATCH_PIXELS = 2 ** 22  # rows x C x H x W per forward pass (RelEx keeps the
 LOG_EPS = 1e-7  # reference Loss.eps, "to defense log(0)"
 
 
-def _rows_per_chunk(x: torch.Tensor, max_batch_pixels: int) -> int:
-    return max(1, max_batch_pixels // max(1, x[0].numel()))
-
-
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, max_batch_pixels: int = MAX_BATCH_PIXELS
             ) -> torch.Tensor:
     """argmax_c f_c(x) for pixel-space x (N, C, H, W); int64 (N,). Eval mode, chunked."""
-    rows = _rows_per_chunk(x, max_batch_pixels)
+    rows = rows_per_chunk(x, max_batch_pixels)
     with eval_mode(model):
         return torch.cat([model(x[i:i + rows]).argmax(dim=1) for i in range(0, len(x), rows)])
 
@@ -103,7 +100,7 @@ def relex_mask(
     x = x.detach()
     if target is None:
         target = predict(model, x, max_batch_pixels)
-    per_chunk = max(1, _rows_per_chunk(x, max_batch_pixels) // (2 * samples))
+    per_chunk = max(1, rows_per_chunk(x, max_batch_pixels) // (2 * samples))
     masks = []
     with eval_mode(model):
         for i in range(0, len(x), per_chunk):
@@ -162,7 +159,7 @@ def explainer_mask(a: torch.Tensor) -> torch.Tensor:
 
 def _explain_chunked(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                      c: torch.Tensor, max_batch_pixels: int) -> torch.Tensor:
-    rows = max(1, _rows_per_chunk(x, max_batch_pixels) // 64)  # explainers expand the batch
+    rows = max(1, rows_per_chunk(x, max_batch_pixels) // 64)  # explainers expand the batch
     with eval_mode(model):
         return torch.cat([explainer(model, x[i:i + rows], c[i:i + rows]).detach()
                           for i in range(0, len(x), rows)])

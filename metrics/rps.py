@@ -31,6 +31,7 @@ from torch import nn
 from xrbench.attacks.pgd import eval_mode
 from xrbench.data import RPS_EPS
 from xrbench.explainers import max_map
+from xrbench.utils import model_device
 
 from .similarity import SIMILARITIES
 from .stats import summarize
@@ -39,11 +40,6 @@ log = logging.getLogger(__name__)
 
 Explain = Callable[..., torch.Tensor]  # explain(model, x, target, create_graph=False)
 RPS_DRAWS = 10  # RobustAGA test_rps.py --rand_num_iter
-
-
-def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else fallback
 
 
 def rps(
@@ -72,7 +68,7 @@ def rps(
         raise ValueError(f"unknown similarities {unknown}; use {sorted(SIMILARITIES)}")
     eps = tuple(float(e) for e in eps)
     n, dim = x.shape[0], x.shape[1:]
-    device = _device_of(model, x.device)
+    device = model_device(model, x.device)
     per_chunk = max(1, batch_size // max(1, draws * len(eps)))
     gen = torch.Generator().manual_seed(seed)
     eps_t = torch.tensor(eps, dtype=x.dtype).view(-1, 1, 1, *([1] * len(dim)))

@@ -121,3 +121,14 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
+
+
+def model_device(model: torch.nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
+    """The device of the model's first parameter (``fallback`` for a parameterless model)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device(fallback)
+
+
+def rows_per_chunk(x: torch.Tensor, max_batch_pixels: int) -> int:
+    """How many rows of x (N, ...) fit in one chunk of ``max_batch_pixels`` elements (>= 1)."""
+    return max(1, max_batch_pixels // max(1, x[0].numel()))
