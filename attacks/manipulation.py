@@ -15,10 +15,12 @@ does not depend on which other pairs share its batch: batched and one-pair-at-a-
 (up to floating-point reduction order). Explainers whose noise depends on the batch shape
 (``smoothgrad``) are the exception.
 
-ReLU models have zero second derivatives, so the attack runs on a deep copy with every
-``nn.ReLU`` replaced by ``nn.Softplus(beta)``, beta growing GEOMETRICALLY from 10 to 100 over
-the iterations, ``beta_i = 10 * 10 ** (i / iterations)`` for ``i = 0 .. iterations - 1`` (the
-reference's ``get_beta``). Start map, target map, victim probabilities and all final values
+The attack differentiates a frozen copy of the model with BatchNorm folded into the preceding
+convolutions (:func:`xrbench.inference.frozen_inference_copy`). ReLU models have zero second
+derivatives, so in that copy every ``nn.ReLU`` is replaced by ``nn.Softplus(beta)``, beta
+growing GEOMETRICALLY from 10 to 100 over the iterations,
+``beta_i = 10 * 10 ** (i / iterations)`` for ``i = 0 .. iterations - 1`` (the reference's
+``get_beta``). Start map, target map, victim probabilities and all final values
 (``expl_end``, ``pred_adv``) come from the ORIGINAL model.
 """
 
@@ -35,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xrbench.explainers import expl_loss, sum_map
+from xrbench.inference import DoubleBackwardSoftplus, frozen_inference_copy
 
 from .pgd import eval_mode
 
@@ -111,20 +114,22 @@ def relu_surrogate(model: nn.Module, beta: float) -> tuple[nn.Module, list[nn.So
     if not any(isinstance(m, nn.ReLU) for m in model.modules()):
         return None
     twin = copy.deepcopy(model)
-    new: list[nn.Softplus] = []
-
-    def swap(module: nn.Module) -> None:
-        for name, child in module.named_children():
-            if isinstance(child, nn.ReLU):
-                sp = nn.Softplus(beta=beta)
-                setattr(module, name, sp)
-                new.append(sp)
-            else:
-                swap(child)
-
-    swap(twin)
+    new = _swap_relu(twin, beta)
     twin.requires_grad_(False)
     return twin.eval(), new
+
+
+def _swap_relu(module: nn.Module, beta: float) -> list[nn.Softplus]:
+    """Replace every ``nn.ReLU`` inside ``module`` (in place) by ``nn.Softplus(beta)``."""
+    new: list[nn.Softplus] = []
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            sp = DoubleBackwardSoftplus(beta=beta)
+            setattr(module, name, sp)
+            new.append(sp)
+        else:
+            new += _swap_relu(child, beta)
+    return new
 
 
 def _objective(model: nn.Module, explainer: Explain, x: torch.Tensor, cls: torch.Tensor,
@@ -177,10 +182,11 @@ def manipulate(
         start_map = sum_map(explainer(model, x_victim, pred_victim))
         expl_start = expl_loss(start_map, target_map)
 
-        surrogate = relu_surrogate(model, relu_beta_range[0])
-        attack_model = model if surrogate is None else surrogate[0]
-        softplus = [] if surrogate is None else surrogate[1]
-        if surrogate is not None:
+        # the attack differentiates a frozen copy built for cheap double backward (the same
+        # function up to float32 rounding; xrbench.inference)
+        attack_model = frozen_inference_copy(model)
+        softplus = _swap_relu(attack_model, relu_beta_range[0])
+        if softplus:
             log.info("ReLU model: attacking a Softplus surrogate, beta %g -> %g (geometric)",
                      *relu_beta_range)
 
@@ -221,7 +227,7 @@ def manipulate(
 
     params = {"iterations": iterations, "lr": lr, "eps": eps, "map_prefactor": map_prefactor,
               "output_prefactor": output_prefactor, "optimizer": "adam",
-              "relu_surrogate": surrogate is not None,
+              "relu_surrogate": bool(softplus), "attack_model": "frozen_inference_copy",
               "relu_beta_range": list(relu_beta_range), "relu_beta_growth": "geometric"}
     return ManipulationResult(
         x_adv=x_adv, expl_start=expl_start.detach(), expl_end=expl_end.detach(),
