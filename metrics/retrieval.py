@@ -23,10 +23,12 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from xrbench.attacks.pgd import eval_mode, pgd
 from xrbench.data import DatasetCard
 from xrbench.explainers import split_model
+from xrbench.inference import frozen_inference_copy
 from xrbench.utils import rows_per_chunk
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,7 @@ def relex_mask(
     init_max: float = 0.01,
     generator: torch.Generator | None = None,
     max_batch_pixels: int = MAX_BATCH_PIXELS,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """RelEx mask m (N, C, H, W) in [0, 1] for pixel-space images x (N, C, H, W) and classes
     ``target`` (N,) (default: the model's prediction on x, as the reference does).
@@ -95,8 +98,11 @@ def relex_mask(
     in one forward pass) sized by ``max_batch_pixels``. Noise is drawn per chunk from
     ``generator``, so masks depend on the chunking only through the random stream. The
     model runs in eval mode; no gradient is left on its parameters. Returns a detached tensor.
+    The optimisation differentiates :func:`~xrbench.inference.frozen_inference_copy` of the
+    model (BatchNorm folded; the same function to float32 rounding, faster).
+    ``on_chunk(n_images)`` is called after each chunk (progress bars).
     """
-    net, mean, std = split_model(model)
+    net, mean, std = split_model(frozen_inference_copy(model))
     x = x.detach()
     if target is None:
         target = predict(model, x, max_batch_pixels)
@@ -108,6 +114,8 @@ def relex_mask(
             masks.append(_relex_chunk(net, z, target[i:i + per_chunk], iterations, samples,
                                       lr, momentum, lambda1, lambda2, noise_level, init_max,
                                       generator))
+            if on_chunk is not None:
+                on_chunk(len(z))
     return torch.cat(masks)
 
 
@@ -176,6 +184,7 @@ def retrieval(
     pgd_steps: int = 20,
     relex: dict[str, Any] | None = None,
     max_batch_pixels: int = MAX_BATCH_PIXELS,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Class retrieval rates (PROTOCOL 5.5) for pixel-space images x (N, C, H, W).
 
@@ -193,13 +202,17 @@ def retrieval(
     Clean-image keys, bool (N,): ``relex_on_clean`` [orig_x * orig_sal] and
     ``explainer_on_clean``. ``rates`` holds the means (list of E floats, or a float).
     ``relex`` overrides :func:`relex_mask` keywords (defaults = the protocol's). Returns also
-    ``eps``, ``pred_clean`` (N,) and ``params``.
+    ``eps``, ``pred_clean`` (N,) and ``params``. ``progress`` shows a bar over the RelEx
+    masks (one per image for the clean images and for each eps), most of the cost.
     """
     if eps_list is None:
         if card is None:
             raise ValueError("retrieval needs eps_list or a dataset card")
         eps_list = card.retrieval_eps
-    relex_kw = {"generator": generator, "max_batch_pixels": max_batch_pixels, **(relex or {})}
+    bar = tqdm(total=len(x) * (1 + len(eps_list)), desc="retrieval (RelEx masks)",
+               unit="mask", disable=not progress)
+    relex_kw = {"generator": generator, "max_batch_pixels": max_batch_pixels,
+                "on_chunk": bar.update, **(relex or {})}
     x = x.detach()
     c0 = predict(model, x, max_batch_pixels)
 
@@ -229,6 +242,7 @@ def retrieval(
                  eps, per_eps["relex_adv_mask"][-1].float().mean().item(),
                  per_eps["relex_clean_mask"][-1].float().mean().item(),
                  per_eps["no_mask"][-1].float().mean().item())
+    bar.close()
     n = len(x)
     for k, v in per_eps.items():
         hits[k] = torch.stack(v) if v else torch.zeros(0, n, dtype=torch.bool, device=x.device)
@@ -248,4 +262,5 @@ def _relex_defaults() -> dict[str, Any]:
     """The keyword defaults of :func:`relex_mask` that are protocol parameters."""
     sig = inspect.signature(relex_mask)
     return {k: p.default for k, p in sig.parameters.items()
-            if p.kind is p.KEYWORD_ONLY and k not in ("generator", "max_batch_pixels")}
+            if p.kind is p.KEYWORD_ONLY
+            and k not in ("generator", "max_batch_pixels", "on_chunk")}

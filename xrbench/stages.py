@@ -141,7 +141,8 @@ def stage_retrieval(ctx: EvalContext) -> dict[str, Any]:
     p = ctx.profile
     out = retrieval(ctx.model, ctx.explainer, ctx.images, card=ctx.dataset.card,
                     generator=seeded(ctx, 5), pgd_steps=p.retrieval_pgd_steps,
-                    relex={"iterations": p.relex_iterations, "samples": p.relex_samples})
+                    relex={"iterations": p.relex_iterations, "samples": p.relex_samples},
+                    progress=ctx.progress)
     return {"eps": [float(e) for e in out["eps"]],
             "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
 
