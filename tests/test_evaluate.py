@@ -61,6 +61,19 @@ def test_rerun_reuses_everything_and_leaves_the_entry(first_run, dirs):
     assert set(again.cached_stages) >= {"accuracy", "manipulation", "rps", "retrieval"}
 
 
+def test_stage_code_version_invalidates_only_that_stage(first_run, dirs, monkeypatch):
+    import xrbench.stages as st
+
+    assert set(st.STAGES) <= set(st.CODE_VERSIONS)  # a new stage must get a version
+    cache, out = dirs
+    monkeypatch.setitem(st.CODE_VERSIONS, "rps", st.CODE_VERSIONS["rps"] + 1)
+    again = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                         cache_root=cache, device="cpu")
+    assert "rps" not in again.cached_stages  # recomputed by the "new" code
+    assert {"accuracy", "retrieval", "manipulation"} <= set(again.cached_stages)
+    assert again.entry["metrics"]["rps"] == read_entry(first_run.path)["metrics"]["rps"]
+
+
 def test_interrupted_manipulation_resumes_without_redoing_work(dirs, monkeypatch, tmp_path):
     cache, _ = dirs
     out = tmp_path / "results"

@@ -137,7 +137,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         base_key={"protocol": PROTOCOL_VERSION, "checkpoint": digest,
                   "manifest": manifest["sha256"], "explainer": expl.describe(),
                   "profile": prof.parameters(card), "seed": seed, "model": model,
-                  "device": dev.type})
+                  "device": dev.type},
+        code_versions=dict(st.CODE_VERSIONS))
     outputs = {name: ctx.run(name, lambda f=getattr(st, f"stage_{name}"): f(ctx))
                for name in st.STAGES}
 

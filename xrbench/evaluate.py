@@ -93,9 +93,13 @@ class EvalContext:
     cache: StageCache
     timing: dict[str, float] = field(default_factory=dict)
     cached_stages: list[str] = field(default_factory=list)
+    code_versions: dict[str, int] = field(default_factory=dict)  # stage -> version of its code
 
     def key(self, stage: str, **extra: Any) -> dict[str, Any]:
-        return {**self.base_key, "stage": stage, **extra}
+        """Cache key of ``stage``: every input, plus the version of the stage's code, so that
+        outputs of older code are recomputed rather than reused after a fix."""
+        return {**self.base_key, "stage": stage, "code": self.code_versions.get(stage, 0),
+                **extra}
 
     def run(self, stage: str, fn: Callable[[], dict[str, Any]], **key: Any) -> dict[str, Any]:
         out, seconds, hit = self.cache.run(stage, self.key(stage, **key), fn)

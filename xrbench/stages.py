@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 STAGES = ("accuracy", "rps", "insertion", "adv_insertion", "retrieval", "landscape",
           "manipulation")
 
+# Part of every stage's cache key: bump a stage's number in the commit that changes what it
+# computes (beyond float rounding), so caches written by older code are not reused.
+CODE_VERSIONS = {"accuracy": 1, "rps": 1, "insertion": 1, "adv_insertion": 1, "retrieval": 1,
+                 "landscape": 1, "manipulation": 1, "manipulation-chunk": 1}
+
 
 def eps_key(eps: float, decimal: bool) -> str:
     """Label of an eps value as entries write it: ``"8/255"`` for grey-level radii, the
