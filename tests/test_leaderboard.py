@@ -245,3 +245,21 @@ def test_render_markdown_groups_sorts_and_formats() -> None:
     assert render_markdown([]) == "_No entries._\n"
     # pure: same input, same text; entries untouched
     assert render_markdown([a, b, c, other]) == md
+
+
+def test_shipped_entries_are_valid_and_where_their_fields_say():
+    """Every entry published in leaderboard/results validates, lives at its own entry_path,
+    and the paper-profile entry covers the whole subset (22,350 pairs)."""
+    import xrbench.leaderboard as lb
+
+    root = Path(lb.__file__).parent / "results"
+    paths = sorted(root.rglob("*.json"))
+    assert paths, "no shipped entries found"
+    for p in paths:
+        e = read_entry(p)  # schema + semantic checks
+        assert entry_path(root, e) == p
+        n_pairs = e["subset"]["n_images"] * (e["subset"]["n_images"] - 1)
+        assert e["subset"]["n_pairs"] == n_pairs == e["metrics"]["expl_end"]["n"]
+    profiles = {read_entry(p)["protocol"]["profile"] for p in paths}
+    assert {"quick", "paper"} <= profiles
+    assert any(read_entry(p)["subset"]["n_pairs"] == 22350 for p in paths)
