@@ -14,9 +14,10 @@ the weight gradient of every convolution's backward even when weights are frozen
   so the double backward is one ``sigmoid_backward``.
 
 On the digits ConvNet one step of the manipulation's gradient runs about 3x faster on one
-CPU thread (``benchmarks/test_bench_double_backward.py`` prints the ratios, 2.9x for 256
-pairs on the development machine; BatchNorm folding alone 1.7x). Gradients with respect to the copy's parameters are
-not available (they are frozen); the original model is never modified.
+CPU thread (``benchmarks/test_bench_double_backward.py`` prints the ratios: 2.9x for 256
+pairs on the development machine, BatchNorm folding alone 1.7x). Gradients with respect to
+the copy's parameters are not available (they are frozen); the original model is never
+modified.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class _Conv2dInputGrad(torch.autograd.Function):
                         conv.groups)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx,  # type: ignore[override]
+                 grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:
         c: nn.Conv2d = ctx.conv
         out_hw = grad_out.shape[-2:]
         # rows/columns of the input that the strided convolution never reached
@@ -70,13 +72,15 @@ class _SoftplusSigmoidGrad(torch.autograd.Function):
     are exactly 1)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx,  # type: ignore[override]
+                x: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.beta = beta
         return F.softplus(x, beta, threshold)
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx,  # type: ignore[override]
+                 grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (x,) = ctx.saved_tensors
         return grad_out * torch.sigmoid(ctx.beta * x), None, None
 
@@ -105,12 +109,12 @@ def _fast_modules(module: nn.Module) -> int:
 
 
 def fold_batchnorm(net: nn.Module) -> nn.Module:
-    """``net`` (eval mode) with each BatchNorm that only reads a convolution's output folded
+    """``net``, put in eval mode, with each BatchNorm that only reads a convolution's output folded
     into it (``torch.fx``); a net that fx cannot trace is returned unchanged."""
     from torch.fx.experimental.optimization import fuse
 
     try:
-        return fuse(net.eval(), inplace=True)
+        return fuse(net.train(False), inplace=True)
     except Exception as err:  # fx cannot trace data-dependent control flow; folding is optional
         log.debug("BatchNorm folding skipped for %s: %s", type(net).__name__, err)
         return net
@@ -123,11 +127,11 @@ def frozen_inference_copy(model: nn.Module) -> nn.Module:
     Only ``model.net`` of an :class:`~xrbench.models.XRModel` is rewritten, so explainers still
     find the ``normalize``/``net`` split. Logits agree with the original to float32 rounding.
     """
-    out = copy.deepcopy(model).eval()
+    out = copy.deepcopy(model).train(False)  # eval mode
     if hasattr(out, "normalize") and isinstance(getattr(out, "net", None), nn.Module):
         out.net = fold_batchnorm(out.net)
     else:
         out = fold_batchnorm(out)
     out.requires_grad_(False)
     _fast_modules(out)
-    return out.eval()
+    return out.train(False)  # fx's new GraphModule starts in training mode
