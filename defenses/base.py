@@ -18,6 +18,7 @@ from torch import nn
 
 from xrbench.data import DatasetCard
 from xrbench.errors import XRBenchError
+from xrbench.registry import defenses
 from xrbench.utils import hash_config
 
 RESNET_FAMILY = ("resnet18", "wrn28_10", "mobilenetv2")
@@ -103,10 +104,14 @@ class TrainState:
 
 
 class Defense:
-    """Base class. Subclasses set ``name``, ``description``, ``Recipe`` and ``loss``."""
+    """Base class. Subclasses set ``Recipe`` and ``loss`` (and a docstring, whose first line
+    is the description ``xrbench list defenses`` shows unless the register call gives one).
+
+    ``name`` is the name the class is registered under (``defenses.register("name")`` or the
+    entry point's name); the registry sets it, so it is stated once.
+    """
 
     name: ClassVar[str] = "defense"
-    description: ClassVar[str] = ""
     Recipe: ClassVar[type[Recipe]] = Recipe
 
     def __init__(self, recipe: Recipe, state: TrainState) -> None:
@@ -116,3 +121,21 @@ class Defense:
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scalar training loss for one batch: x (B, C, S, S) pixels in [0, 1], y (B,)."""
         raise NotImplementedError
+
+
+def check_defense(name: str, obj: Any) -> None:
+    """The defenses registry's check: ``obj`` must be a :class:`Defense` subclass; it gets its
+    registered ``name``. Raises :class:`XRBenchError` otherwise."""
+    if not (isinstance(obj, type) and issubclass(obj, Defense)):
+        raise XRBenchError(f"defense {name!r} must be a subclass of "
+                           f"xrbench.defenses.base.Defense, got {obj!r}; subclass Defense and "
+                           "implement loss(model, x, y)")
+    stated = obj.__dict__.get("name")
+    if stated is not None and stated != name:
+        raise XRBenchError(f"defense class {obj.__qualname__} states name {stated!r} but is "
+                           f"registered as {name!r}; remove its `name` attribute (the "
+                           "registered name is the defense's name)")
+    obj.name = name
+
+
+defenses.check = check_defense

@@ -109,7 +109,6 @@ class HessianRecipe(Recipe):
 class Hessian(Defense):
     """Cross-entropy plus a one-sample Hutchinson estimate of ||d^2 f_y / dz^2||_F^2."""
 
-    name = "hessian"
     Recipe = HessianRecipe
     recipe: HessianRecipe
 

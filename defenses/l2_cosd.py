@@ -55,7 +55,6 @@ class L2CosdRecipe(Recipe):
 class L2Cosd(Defense):
     """Cross-entropy plus alignment of the input gradient under random perturbation."""
 
-    name = "l2_cosd"
     Recipe = L2CosdRecipe
     recipe: L2CosdRecipe
 

@@ -39,7 +39,6 @@ class MatRecipe(Recipe):
 class Mat(Defense):
     """``CE(f(x_adv), y)``, ``x_adv = PGD(x)`` (Madry et al. 2018, eq. 2.1)."""
 
-    name = "mat"
     Recipe = MatRecipe
     recipe: MatRecipe
 

@@ -13,7 +13,6 @@ from .base import Defense, Recipe
 class Normal(Defense):
     """CE(f(x), y)."""
 
-    name = "normal"
     Recipe = Recipe
 
     def loss(self, model, x, y):

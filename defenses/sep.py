@@ -159,7 +159,6 @@ class Sep(Defense):
 class SepPos(Sep):
     """SEP_pos (SEP paper): lambda 50000 on paper datasets, 10 on digits."""
 
-    name = "sep_pos"
     Recipe = SepPosRecipe
 
 
@@ -167,5 +166,4 @@ class SepPos(Sep):
 class SepNeg(Sep):
     """SEP_neg (SEP paper): lambda -3000 on paper datasets, -1 on digits."""
 
-    name = "sep_neg"
     Recipe = SepNegRecipe

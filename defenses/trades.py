@@ -57,7 +57,6 @@ class TradesRecipe(Recipe):
 class Trades(Defense):
     """TRADES (Zhang et al. 2019, eq. 5 with the reference's batch-mean KL)."""
 
-    name = "trades"
     Recipe = TradesRecipe
     recipe: TradesRecipe
 

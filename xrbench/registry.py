@@ -52,6 +52,10 @@ class Registry(Generic[T]):
         self.group = f"xrbench.{kind}"
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
+        #: called as ``check(name, obj)`` before anything is registered; raises
+        #: :class:`XRBenchError` for an object that is not of this kind (set by the module
+        #: that defines the kind's base class, e.g. ``xrbench.defenses.base``)
+        self.check: Callable[[str, Any], None] | None = None
 
     # -- registration -------------------------------------------------------------------
     def register(
@@ -86,9 +90,11 @@ class Registry(Generic[T]):
         if name in self._entries:
             prev = self._entries[name].source
             raise XRBenchError(
-                f"duplicate {self.kind[:-1]} name {name!r}: registered by {prev} and again by "
-                f"{source}; rename one of them"
+                f"duplicate {self.kind[:-1]} name {name!r}: registered by {_who(prev)} and "
+                f"again by {_who(source)}; rename one of them"
             )
+        if self.check is not None:
+            self.check(name, obj)
         if not description:
             doc = (getattr(obj, "__doc__", None) or "").strip()
             description = doc.splitlines()[0] if doc else ""
@@ -104,10 +110,6 @@ class Registry(Generic[T]):
             return
         for ep in metadata.entry_points(group=self.group):
             dist = ep.dist.name if ep.dist is not None else "<unknown distribution>"
-            if ep.name in self._entries:
-                # Re-discovering the same object (e.g. a plugin that also registers on
-                # import) is fine; a different object under the same name is not.
-                continue
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is reported
@@ -116,8 +118,10 @@ class Registry(Generic[T]):
                     f"failed to load: {type(exc).__name__}: {exc}. Fix or uninstall {dist}, "
                     f"or set {PLUGIN_AUTOLOAD_ENV}=1 to skip plugins"
                 ) from exc
-            if ep.name in self._entries:  # registered itself on import
-                continue
+            known = self._entries.get(ep.name)
+            if known is not None and known.obj is obj:
+                continue  # the plugin registered this very object itself on import
+            # a name clash (with a built-in or another plugin) is an error naming both
             self.add(ep.name, obj, source=f"plugin {dist}")
 
     # -- lookup -------------------------------------------------------------------------
@@ -172,6 +176,13 @@ class Registry(Generic[T]):
         if entry.takes_arg:
             return entry.obj(arg, *args, **kwargs)  # type: ignore[operator]
         return entry.obj(*args, **kwargs)  # type: ignore[operator]
+
+
+def _who(source: str) -> str:
+    """``"xrbench"`` -> ``"xrbench (built-in)"``; ``"plugin d"`` -> ``"plugin distribution 'd'"``."""
+    if source.startswith("plugin "):
+        return f"plugin distribution {source[len('plugin '):]!r}"
+    return f"{source} (built-in)" if source == "xrbench" else source
 
 
 datasets: Registry[Any] = Registry("datasets")

@@ -30,7 +30,6 @@ class GaussianAugRecipe(Recipe):
 class GaussianAug(Defense):
     """Gaussian noise augmentation: cross-entropy on x + N(0, sigma^2), clamped to [0, 1]."""
 
-    name = "gaussian_aug"
     Recipe = GaussianAugRecipe
     recipe: GaussianAugRecipe
 
