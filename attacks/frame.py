@@ -53,6 +53,12 @@ def adv_insertion_eps(model_name: str) -> float:
     return 4 / 255 if model_name in SMALL_MODELS else 2 / 255
 
 
+def frame_lr(eps: float, iterations: int) -> float:
+    """The reference's Adam learning rate of the frame attack, ``4 * eps / iterations``
+    (RobustAGA ``test_taps_saps.py``: ``4 * eps / adv_num_iter``), pixel units."""
+    return 4 * eps / iterations
+
+
 def frame_width(size: int) -> int:
     """Border width ``round(5 * size / 32)`` (halves up), at least 1."""
     return max(1, math.floor(5 * size / 32 + 0.5))
@@ -105,7 +111,7 @@ def frame_manipulation(
     if eps <= 0 or iterations <= 0:
         return x.clone()
     if lr is None:
-        lr = 4 * eps / iterations
+        lr = frame_lr(eps, iterations)
     frame = frame_target(x.shape[-1], device=x.device, dtype=x.dtype)
     y_explained = y_explained.to(x.device)
     with eval_mode(model):

@@ -29,7 +29,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +54,11 @@ class ManipulationResult:
     ``loss_trace`` (K, P): the full objective (prefactors included) at x' after
     ``round(f * iterations)`` Adam steps for each f in ``trace_points``, evaluated with the
     model the attack differentiates (the Softplus surrogate at its last beta for ReLU models).
+    ``x_adv`` is None where it was not kept (:func:`manipulate_pairs` with ``keep_x_adv=False``
+    or a result read back from a cache).
     """
 
-    x_adv: torch.Tensor            # (P, C, H, W) pixels in [0, 1]
+    x_adv: torch.Tensor | None     # (P, C, H, W) pixels in [0, 1]
     expl_start: torch.Tensor       # (P,) L_e(x_v, x_t), original model
     expl_end: torch.Tensor         # (P,) L_e(x_adv, x_t), original model
     pred_victim: torch.Tensor      # (P,) int64, prediction on x_v (the explained class)
@@ -69,8 +71,28 @@ class ManipulationResult:
     params: dict[str, Any] = field(default_factory=dict)
     pairs: torch.Tensor | None = None  # (P, 2) int64 (victim, target) image indices if known
 
+    #: the per-pair fields (trace fields are (K, P)), as :meth:`per_pair` returns them
+    PER_PAIR: ClassVar[tuple[str, ...]] = (
+        "expl_start", "expl_end", "pred_victim", "pred_target", "pred_adv", "class_changed",
+        "loss_trace", "expl_trace", "pairs")
+
     def __len__(self) -> int:
         return int(self.expl_end.shape[0])
+
+    def per_pair(self) -> dict[str, Any]:
+        """The per-pair tensors on the CPU (no x_adv) and ``trace_points``: what a cache or
+        an entry's per-example file keeps; :meth:`from_per_pair` reads it back."""
+        out: dict[str, Any] = {f: getattr(self, f).detach().cpu() for f in self.PER_PAIR
+                               if getattr(self, f) is not None}
+        out["trace_points"] = list(self.trace_points)
+        return out
+
+    @staticmethod
+    def from_per_pair(d: dict[str, Any], params: dict[str, Any] | None = None
+                      ) -> "ManipulationResult":
+        return ManipulationResult(
+            x_adv=None, trace_points=tuple(float(f) for f in d["trace_points"]),
+            params=dict(params or {}), **{f: d.get(f) for f in ManipulationResult.PER_PAIR})
 
     @staticmethod
     def cat(results: list["ManipulationResult"]) -> "ManipulationResult":
@@ -82,11 +104,21 @@ class ManipulationResult:
             vals = [getattr(r, f.name) for r in results]
             if f.name in ("trace_points", "params"):
                 out[f.name] = vals[0]
-            elif f.name == "pairs":
+            elif f.name in ("pairs", "x_adv"):
                 out[f.name] = None if any(v is None for v in vals) else torch.cat(vals)
             else:
                 out[f.name] = torch.cat(vals, dim=1 if f.name.endswith("_trace") else 0)
         return ManipulationResult(**out)
+
+
+class ChunkStore(Protocol):
+    """Where :func:`manipulate_pairs` keeps finished chunks (a cache, for resuming)."""
+
+    def load(self, chunk: int, pairs: torch.Tensor) -> ManipulationResult | None:
+        """The stored result of chunk ``chunk`` (rows ``pairs``), or None."""
+
+    def save(self, chunk: int, result: ManipulationResult) -> None:
+        """Keep the result of a finished chunk."""
 
 
 def ordered_pairs(n: int) -> torch.Tensor:
@@ -242,36 +274,41 @@ def manipulate_pairs(
     images: torch.Tensor,
     pairs: torch.Tensor,
     *,
-    iterations: int,
-    lr: float,
-    eps: float | None = None,
     pair_batch: int = 512,
     progress: bool = False,
-    on_chunk_done: Callable[[int, ManipulationResult], None] | None = None,
-    **kwargs: Any,
+    chunk_store: ChunkStore | None = None,
+    keep_x_adv: bool = True,
+    **attack: Any,
 ) -> ManipulationResult:
     """:func:`manipulate` over ``pairs`` (P, 2) of (victim, target) rows into ``images``
     (N, C, H, W), ``pair_batch`` pairs at a time; results concatenated in ``pairs`` order.
 
+    The one chunker of the pair attack: the evaluate stage and the Python API both use it.
+    ``attack`` holds :func:`manipulate`'s keyword arguments (``iterations``, ``lr``, ...).
     Because the objective is a per-pair sum, the result does not depend on ``pair_batch``.
-    ``on_chunk_done(chunk_index, chunk_result)`` is called after each chunk (checkpointing,
-    logging). Extra keyword arguments go to :func:`manipulate`.
+    ``chunk_store`` (a :class:`ChunkStore`) is asked for each chunk before it is computed and
+    is given each computed chunk, so an interrupted run resumes at the first missing chunk.
+    ``keep_x_adv=False`` drops the manipulated images (memory flat in the number of pairs).
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else images.device
     pairs = pairs.long()
     chunks: list[ManipulationResult] = []
-    bar = tqdm(total=len(pairs), unit="pair", desc="manipulation", disable=not progress)
+    bar = tqdm(total=len(pairs), unit="pair", desc="manipulation", disable=not progress,
+               dynamic_ncols=True)
     try:
         for k, start in enumerate(range(0, len(pairs), pair_batch)):
             idx = pairs[start:start + pair_batch]
-            res = manipulate(model, explainer, images[idx[:, 0]].to(device),
-                             images[idx[:, 1]].to(device), iterations=iterations, lr=lr,
-                             eps=eps, **kwargs)
-            res.pairs = idx
+            res = chunk_store.load(k, idx) if chunk_store is not None else None
+            if res is None:
+                res = manipulate(model, explainer, images[idx[:, 0]].to(device),
+                                 images[idx[:, 1]].to(device), **attack)
+                res.pairs = idx
+                if chunk_store is not None:
+                    chunk_store.save(k, res)
+            if not keep_x_adv:
+                res.x_adv = None
             chunks.append(res)
-            if on_chunk_done is not None:
-                on_chunk_done(k, res)
             bar.update(len(idx))
     finally:
         bar.close()

@@ -28,6 +28,11 @@ def cross_entropy_per_example(logits: torch.Tensor, y: torch.Tensor) -> torch.Te
     return F.cross_entropy(logits, y, reduction="none")
 
 
+def pgd_step_size(eps: float, steps: int) -> float:
+    """The protocol's PGD step, ``2.5 * eps / steps`` (Madry et al. 2018), pixel units."""
+    return 2.5 * eps / steps if steps > 0 else 0.0
+
+
 def pgd(
     model: nn.Module,
     x: torch.Tensor,
@@ -49,7 +54,7 @@ def pgd(
     run in eval mode and restored. Returns a detached tensor shaped like x.
     """
     if step_size is None:
-        step_size = 2.5 * eps / steps
+        step_size = pgd_step_size(eps, steps)
     x = x.detach()
     if eps <= 0 or steps <= 0:
         return x.clone()

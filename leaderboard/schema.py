@@ -29,8 +29,9 @@ import os
 import re
 from datetime import datetime
 from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
@@ -135,28 +136,77 @@ def read_entry(path: str | os.PathLike[str]) -> dict[str, Any]:
     return entry
 
 
-def write_entry(path: str | os.PathLike[str], entry: dict[str, Any],
-                overwrite: bool = False) -> Path:
-    """Validate ``entry`` and write it atomically to ``path``; return the path.
+#: what may differ between two runs of the same thing (when, how long, where it ran, and
+#: whether the checkpoint was trained now or taken from the cache)
+_RUN_DETAILS = ("date", "timing", "environment", "xrbench", "examples")
 
-    An existing file with the same content is left as it is. An existing file with different
-    content (or one that is not valid JSON) is replaced only with ``overwrite=True``
-    (``--force`` on the command line); otherwise an :class:`XRBenchError` is raised.
+
+def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Same inputs and same numbers: every field but :data:`_RUN_DETAILS` and the
+    checkpoint's origin agrees."""
+    def core(e: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in e.items() if k not in _RUN_DETAILS}
+        out["checkpoint"] = {k: v for k, v in e.get("checkpoint", {}).items() if k != "origin"}
+        return out
+    return core(a) == core(b)
+
+
+@dataclass
+class Written:
+    """What :func:`write_entry` did: the entry now at ``path`` and whether it wrote it."""
+
+    path: Path
+    entry: dict[str, Any]
+    written: bool
+
+
+def write_entry(path: str | os.PathLike[str], entry: dict[str, Any], *,
+                overwrite: bool = False, examples: Mapping[str, Any] | None = None
+                ) -> Written:
+    """Validate ``entry`` and write it atomically to ``path``, its per-example ``examples``
+    (``{"stage/field": array}``, :mod:`xrbench.leaderboard.examples`) first, beside it.
+
+    The one overwrite rule: an existing entry of the same run (:func:`same_run`) is left as
+    it is (``written`` False; if its per-example file is missing or damaged, both are written
+    again); an existing file that holds anything else is replaced only with
+    ``overwrite=True`` (``--force``), otherwise an :class:`XRBenchError` says what to do.
     """
+    from .examples import examples_path, write_examples
+
     path = Path(path)
-    validate_entry(entry)
+    validate_entry(entry)  # an invalid entry writes nothing, not even its examples
     if path.exists():
         try:
-            same = json.loads(path.read_text(encoding="utf-8")) == entry
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            same = False
-        if same:
-            return path
-        if not overwrite:
-            raise XRBenchError(f"{path} already holds a different result entry; pass --force "
+            old = read_entry(path)
+        except XRBenchError:
+            old = None
+        if old is not None and same_run(old, entry):
+            if _examples_intact(path, old, examples):
+                return Written(path, old, False)
+            # the same run whose per-example file is missing or damaged: write both again
+        elif not overwrite:
+            raise XRBenchError(f"{path} already holds a different result entry (other "
+                               "checkpoint, recipe, protocol values or numbers); pass --force "
                                "(overwrite=True) to replace it, or choose another output folder")
+    if examples is not None:
+        side = examples_path(path)
+        entry = {**entry, "examples": {"file": side.name, "format": "npz",
+                                       "sha256": write_examples(side, examples)}}
+    validate_entry(entry)
     write_json(path, entry)
-    return path
+    return Written(path, entry, True)
+
+
+def _examples_intact(path: Path, old: dict[str, Any], wanted: Mapping[str, Any] | None) -> bool:
+    if wanted is None:
+        return True
+    from .examples import read_examples
+
+    try:
+        read_examples(path, old)
+    except XRBenchError:
+        return False
+    return True
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from xrbench.attacks.pgd import eval_mode, pgd
+from xrbench.attacks.pgd import eval_mode, pgd, pgd_step_size
 from xrbench.data import ImageSplit
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,8 @@ def accuracy_under_pgd(
     *,
     eps: float,
     steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
     indices: torch.Tensor | None = None,
     batch_size: int = 256,
     generator: torch.Generator | None = None,
@@ -35,7 +37,8 @@ def accuracy_under_pgd(
     """Clean and PGD accuracy of ``model`` on ``split`` (all of it, or rows ``indices``).
 
     eps: L-inf radius in pixel units (0.3 grey, 8/255 RGB); ``steps`` PGD steps of size
-    ``2.5 * eps / steps``. ``generator`` draws the random starts; it must live on the model's
+    ``step_size`` (default ``2.5 * eps / steps``), from a uniform random start in the ball
+    unless ``random_start`` is False. ``generator`` draws the random starts; it must live on the model's
     device; default ``torch.Generator(device).manual_seed(0)``. Returns ``clean_correct`` and
     ``pgd_correct`` (N,) bool (CPU), ``indices`` (N,) int64, ``clean_acc`` and ``pgd_acc`` in
     percent, and the attack ``params``.
@@ -47,7 +50,8 @@ def accuracy_under_pgd(
     if indices is None:
         indices = torch.arange(len(split))
     indices = torch.as_tensor(indices, dtype=torch.long)
-    step_size = 2.5 * eps / steps if steps > 0 else 0.0
+    if step_size is None:
+        step_size = pgd_step_size(eps, steps)
     clean, robust = [], []
     with eval_mode(model):
         for start in tqdm(range(0, len(indices), batch_size), desc="pgd", disable=not progress):
@@ -56,7 +60,7 @@ def accuracy_under_pgd(
             with torch.no_grad():
                 clean.append((model(x).argmax(dim=1) == y).cpu())
             x_adv = pgd(model, x, y, eps=eps, steps=steps, step_size=step_size,
-                        random_start=True, generator=generator)
+                        random_start=random_start, generator=generator)
             with torch.no_grad():
                 robust.append((model(x_adv).argmax(dim=1) == y).cpu())
     clean_correct = torch.cat(clean) if clean else torch.zeros(0, dtype=torch.bool)
@@ -69,7 +73,7 @@ def accuracy_under_pgd(
         "clean_acc": 100.0 * float(clean_correct.sum()) / n,
         "pgd_acc": 100.0 * float(pgd_correct.sum()) / n,
         "params": {"eps": float(eps), "steps": steps, "step_size": step_size,
-                   "random_start": "uniform", "loss": "cross_entropy", "n": len(indices)},
+                   "random_start": random_start, "loss": "cross_entropy", "n": len(indices)},
     }
     log.info("clean %.2f%%, PGD(eps=%g, %d steps) %.2f%% on %d images",
              out["clean_acc"], eps, steps, out["pgd_acc"], len(indices))

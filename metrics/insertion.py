@@ -10,7 +10,7 @@ the ratios of the softmax probability of the TRUE label, in percent. The ranking
 pixels always come from the clean x. References: RobustAGA ``project/module/test_insertion.py``,
 ``test_adv_insertion.py`` (``perturbation``), ``test_taps_saps.py`` (``get_adv_img``).
 
-Choices (recorded by :func:`insertion_params`):
+Choices (the ratios, the budget and the attack's settings are recorded in each entry):
 
 - Ratios: the protocol's 21 values 0, 0.05, ..., 1. The reference logs ``i / 20`` for
   i = 0..19 (20 values, without r = 1).
@@ -25,7 +25,7 @@ Choices (recorded by :func:`insertion_params`):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -148,16 +148,3 @@ def adv_insertion(
     h_adv = torch.cat(maps)
     return 100 * insertion_curve(model, x, y, h_adv, ratios=ratios,
                                  batch_size=batch_size).mean(1)
-
-
-def insertion_params(ratios: Sequence[float] = INSERTION_RATIOS, eps: float | None = None,
-                     iterations: int = FRAME_ITERATIONS, lr: float | None = None
-                     ) -> dict[str, Any]:
-    """The protocol parameters of an Insertion / Adv-Insertion run, for the result record."""
-    return {"ratios": [float(r) for r in ratios], "label": "true", "map": "max_map",
-            "fill": "dataset mean colour", "kept": "floor(r * H*W)",
-            "ties": "stable, lower flat index first", "unit": "percent",
-            "adv": {"target": "frame, width round(5*S/32) (halves up, >= 1)", "eps": eps,
-                    "iterations": iterations,
-                    "lr": lr if lr is not None or eps is None else 4 * eps / iterations,
-                    "optimizer": "adam", "loss": "per-image sum"}}

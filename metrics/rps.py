@@ -5,11 +5,11 @@ For each image x with true label y and each eps in ``card.rps_eps`` ({4, 8, 16}/
 and the similarity of ``max_map(a(x', y))`` to ``max_map(a(x, y))`` by cosine, Pearson
 correlation and SSIM (:mod:`xrbench.metrics.similarity`). The per-image value is the mean over
 the draws; the reported number is the mean over images with a bootstrap interval
-(:func:`summarize_rps`). Reference: RobustAGA ``project/module/test_rps.py`` (true label,
+(:class:`xrbench.stages.RPS`). Reference: RobustAGA ``project/module/test_rps.py`` (true label,
 ``rand_num_iter`` 10, ``rand_eps`` in units of 1/255; ``max_map`` is its ``standard``
 normalisation of ``abs`` maps).
 
-Choices the references leave open (recorded in ``rps_params``):
+Choices the references leave open:
 
 - Common random numbers: one draw ``u ~ U[-1, 1]^dim`` per (image, draw) is shared by all
   eps, ``d = eps * u``; comparisons across eps are then less noisy. (The reference runs each
@@ -23,7 +23,7 @@ Choices the references leave open (recorded in ``rps_params``):
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -34,7 +34,6 @@ from xrbench.explainers import max_map
 from xrbench.utils import model_device
 
 from .similarity import SIMILARITIES
-from .stats import summarize
 
 log = logging.getLogger(__name__)
 
@@ -94,30 +93,3 @@ def rps(
                     out[s][e][start:start + m] = sim[k]
     log.debug("rps: %d images, %d draws, eps %s", n, draws, eps)
     return out
-
-
-def rps_params(eps: Sequence[float] = RPS_EPS, draws: int = RPS_DRAWS, seed: int = 0
-               ) -> dict[str, Any]:
-    """The protocol parameters of an RPS run, for the result record."""
-    return {"eps": [float(e) for e in eps], "draws": draws, "seed": seed,
-            "label": "true", "map": "max_map", "similarities": list(SIMILARITIES),
-            "noise": "uniform, shared across eps (d = eps * u), CPU generator, image-major",
-            "clamp": [0.0, 1.0],
-            "ssim": {"window": "gaussian sigma 1.5, truncate 3.5 (11 taps)", "win_size": 7,
-                     "border": "symmetric reflect, crop 3", "K1": 0.01, "K2": 0.03, "L": 1.0}}
-
-
-def eps_label(eps: float) -> str:
-    """``4/255`` for 4/255; 0 and other values as plain decimals (``0``, ``0.3``)."""
-    k = eps * 255
-    if eps == 0:
-        return "0"
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:g}"
-
-
-def summarize_rps(values: dict[str, dict[float, torch.Tensor]], n_resamples: int = 1000,
-                  seed: int = 0, alpha: float = 0.05) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean over images with a bootstrap interval (resampling images, PROTOCOL 5.7) for each
-    (similarity, eps): ``{similarity: {"4/255": {"mean", "lo", "hi", "n"}}}``."""
-    return {s: {eps_label(e): summarize(v, n_resamples, seed, alpha) for e, v in per_eps.items()}
-            for s, per_eps in values.items()}

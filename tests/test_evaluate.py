@@ -3,6 +3,7 @@ resume after an interrupt, user checkpoints, and no silent overwrite."""
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -49,7 +50,7 @@ def test_entry_is_valid_and_complete(first_run):
     assert len(m["landscape"]["gammas"]) == len(m["landscape"]["explanation"])
     assert all(v > 0 for v in m["landscape"]["explanation"] + m["landscape"]["cross_entropy"])
     assert e["defense"]["recipe"]["epochs"] == 2 and e["checkpoint"]["origin"] == "trained"
-    assert e["protocol"]["parameters"]["manipulation_iterations"] == 20
+    assert e["protocol"]["parameters"]["manipulation"]["iterations"] == 20
     assert e["flags"]["degenerate"] is False
 
 
@@ -58,19 +59,20 @@ def test_rerun_reuses_everything_and_leaves_the_entry(first_run, dirs):
     again = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
                          cache_root=cache, device="cpu")
     assert not again.written and again.entry == read_entry(first_run.path)
-    assert set(again.cached_stages) >= {"accuracy", "manipulation", "rps", "retrieval"}
+    assert set(again.reused_stages) >= {"accuracy", "manipulation", "rps", "retrieval"}
 
 
 def test_stage_code_version_invalidates_only_that_stage(first_run, dirs, monkeypatch):
-    import xrbench.stages as st
+    from xrbench.stages import RPS, STAGES
 
-    assert set(st.STAGES) <= set(st.CODE_VERSIONS)  # a new stage must get a version
+    assert all(isinstance(s.version, int) and s.version >= 1 for s in STAGES)
+    assert len({s.name for s in STAGES}) == len(STAGES)
     cache, out = dirs
-    monkeypatch.setitem(st.CODE_VERSIONS, "rps", st.CODE_VERSIONS["rps"] + 1)
+    monkeypatch.setattr(RPS, "version", RPS.version + 1)
     again = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
                          cache_root=cache, device="cpu")
-    assert "rps" not in again.cached_stages  # recomputed by the "new" code
-    assert {"accuracy", "retrieval", "manipulation"} <= set(again.cached_stages)
+    assert "rps" not in again.reused_stages  # recomputed by the "new" code
+    assert {"accuracy", "retrieval", "manipulation"} <= set(again.reused_stages)
     assert again.entry["metrics"]["rps"] == read_entry(first_run.path)["metrics"]["rps"]
 
 
@@ -80,6 +82,7 @@ def test_interrupted_manipulation_resumes_without_redoing_work(dirs, monkeypatch
     real = manip.manipulate
     calls = {"n": 0}
 
+    @functools.wraps(real)  # the stage reads the attack's parameters from its signature
     def interrupt_second_chunk(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
@@ -92,13 +95,13 @@ def test_interrupted_manipulation_resumes_without_redoing_work(dirs, monkeypatch
                      progress=False, cache_root=cache, device="cpu")
     assert calls["n"] == 2
     calls["n"] = 0
-    monkeypatch.setattr(manip, "manipulate", lambda *a, **k: (calls.__setitem__(
-        "n", calls["n"] + 1), real(*a, **k))[1])
+    monkeypatch.setattr(manip, "manipulate", functools.wraps(real)(lambda *a, **k: (
+        calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]))
     res = api.evaluate("normal", explainer="gradient", profile=PROFILE, overrides=FAST,
                        out=out, progress=False, cache_root=cache, device="cpu")
     assert calls["n"] == 2  # chunk 1 came from the cache; chunks 2 and 3 ran
     assert res.entry["checkpoint"]["origin"] == "cache"  # training was not redone
-    assert "accuracy" in res.cached_stages
+    assert "accuracy" in res.reused_stages
     assert res.written and read_entry(res.path)["metrics"]["expl_end"]["n"] == 380
 
 

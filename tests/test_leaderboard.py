@@ -96,13 +96,44 @@ def test_schema_is_valid_draft_2020_12_and_example_validates() -> None:
 def test_round_trip_write_read(tmp_path: Path) -> None:
     entry = make_entry()
     original = copy.deepcopy(entry)
-    path = write_entry(entry_path(tmp_path, entry), entry)
-    assert path.is_file()
+    done = write_entry(entry_path(tmp_path, entry), entry)
+    path = done.path
+    assert path.is_file() and done.written
     assert read_entry(path) == original
     assert entry == original  # not mutated
     assert load_entries(tmp_path) == [original]
-    # identical content again: fine, no --force needed
-    assert write_entry(path, copy.deepcopy(entry)) == path
+    # identical content again: fine, no --force needed, nothing rewritten
+    again = write_entry(path, copy.deepcopy(entry))
+    assert again.path == path and not again.written
+    # the same run on another day, taking longer: the existing entry stays
+    later = make_entry(date="2026-11-26T08:00:00+00:00", timing={"total": 99.0})
+    kept = write_entry(path, later)
+    assert not kept.written and kept.entry == original and read_entry(path) == original
+
+
+def test_per_example_file_beside_the_entry(tmp_path: Path) -> None:
+    import numpy as np
+
+    from xrbench.leaderboard.examples import examples_path, read_examples
+
+    arrays = {"manipulation/expl_end": np.array([1.0, 2.0, 3.0]),
+              "accuracy/pgd_correct": np.array([True, False])}
+    done = write_entry(tmp_path / "e.json", make_entry(), examples=arrays)
+    side = examples_path(done.path)
+    assert side.name == "e.examples.npz" and side.is_file()
+    assert done.entry["examples"]["file"] == side.name
+    back = read_examples(done.path, read_entry(done.path))
+    assert set(back) == set(arrays)
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and (back[k] == v).all()
+    # same arrays, same bytes: a rerun of the same run leaves both files alone
+    assert not write_entry(done.path, make_entry(), examples=arrays).written
+    # a changed per-example file is caught by its sha256, and the entry is rewritten
+    side.write_bytes(side.read_bytes()[:-1] + b"x")
+    with pytest.raises(XRBenchError, match="does not match"):
+        read_examples(done.path, read_entry(done.path))
+    assert write_entry(done.path, make_entry(), examples=arrays).written
+    read_examples(done.path, read_entry(done.path))
 
 
 @pytest.mark.parametrize("mutate, path, what", [

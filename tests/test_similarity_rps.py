@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xrbench.explainers import get_explainer
-from xrbench.metrics.rps import rps, summarize_rps
+from xrbench.metrics.rps import rps
 from xrbench.metrics.similarity import (cosine_similarity, gaussian_filter, pearson_correlation,
                                         ssim)
 
@@ -77,9 +77,6 @@ def test_rps_eps_zero_is_one_and_decreases_with_eps(trained_convnet, test_batch)
         assert sim[0.0].shape == (6,)
         np.testing.assert_allclose(sim[0.0].numpy(), 1.0, atol=1e-5)
         assert (sim[0.3] < sim[0.0] - 1e-3).all()
-    summary = summarize_rps(out, n_resamples=200)
-    assert summary["cosine"]["0"]["mean"] == pytest.approx(1.0, abs=1e-5)
-    assert summary["ssim"]["0.3"]["n"] == 6
 
 
 def test_rps_is_seeded_and_independent_of_batch_size(trained_convnet, test_batch) -> None:
@@ -94,4 +91,3 @@ def test_rps_is_seeded_and_independent_of_batch_size(trained_convnet, test_batch
             torch.testing.assert_close(big[s][e], small[s][e], atol=1e-5, rtol=0)
     assert not torch.equal(big["cosine"][16 / 255], other["cosine"][16 / 255])
     assert 0.0 < big["cosine"][16 / 255].mean() <= 1.0
-    assert summarize_rps(big)["cosine"]["16/255"]["n"] == 5

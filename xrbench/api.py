@@ -18,7 +18,7 @@ import torch
 from .data import load_dataset
 from .errors import XRBenchError
 from .models import DEFAULT_BETA
-from .protocol import PROTOCOL_VERSION, Profile
+from .protocol import PROTOCOL_VERSION, Profile, get_profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, hash_config, resolve_device
 
@@ -44,13 +44,21 @@ def train(dataset: str = "digits", model: str = "convnet", defense: str = "norma
 
 
 @dataclass
-class Evaluation:
-    """The outcome of :func:`evaluate`: the entry, where it was written, and what was reused."""
+class Result:
+    """The outcome of :func:`evaluate`.
+
+    ``entry``: the section-8 record (the one on disk: if an identical run was there already,
+    that one); ``path``: its JSON file; ``written``: False when an identical entry was left in
+    place; ``reused_stages``: stages whose output came from the cache; ``examples``: the
+    per-example values of every stage, ``{"<stage>/<field>": array}`` (also in the file the
+    entry names, :func:`xrbench.leaderboard.examples.read_examples`).
+    """
 
     entry: dict[str, Any]
     path: Path
     written: bool
-    cached_stages: list[str]
+    reused_stages: list[str]
+    examples: dict[str, Any]
 
 
 def default_results_dir() -> Path:
@@ -59,14 +67,34 @@ def default_results_dir() -> Path:
     return Path(env).expanduser() if env else cache_dir() / "results"
 
 
-def _load_user_checkpoint(ds: Any, model_name: str, path: str, sha256: str | None,
-                          device: torch.device, beta: float) -> tuple[torch.nn.Module, str]:
+def _checkpoint(ds: Any, model: str, defense: str, *, checkpoint: str | None,
+                checkpoint_sha256: str | None, overrides: dict[str, str] | None, seed: int,
+                device: torch.device, retrain: bool, progress: bool, beta: float,
+                cache_root: Path | None) -> tuple[torch.nn.Module, dict[str, Any],
+                                                  dict[str, Any], float]:
+    """(model in eval mode, the entry's ``defense`` and ``checkpoint`` parts, seconds spent
+    training): the user's weights, else the cached or newly trained checkpoint."""
     from .checkpoints import load_weights
     from .models import create_model
+    from .registry import defenses
 
-    model = create_model(model_name, ds.card, beta=beta)
-    digest = load_weights(model, path, sha256)
-    return model.to(device).eval(), digest
+    if checkpoint is not None:
+        net = create_model(model, ds.card, beta=beta)
+        digest = load_weights(net, checkpoint, checkpoint_sha256)
+        recipe = {"note": "user-supplied weights; recipe unknown"}
+        return (net.to(device).eval(),
+                {"name": defense, "recipe": recipe, "recipe_hash": hash_config(recipe),
+                 "source": "user checkpoint"},
+                {"sha256": digest, "origin": "user"}, 0.0)
+    trained = get_trained_model(ds, model, defense, overrides=overrides, seed=seed,
+                                device=device, retrain=retrain, progress=progress, beta=beta,
+                                cache_root=cache_root)
+    return (trained.model.eval(),
+            {"name": defense, "recipe": trained.meta["recipe"],
+             "recipe_hash": trained.meta["recipe_hash"],
+             "source": defenses.get_entry(defense).source},
+            {"sha256": trained.sha256, "origin": "cache" if trained.reused else "trained"},
+            0.0 if trained.reused else trained.train_seconds)
 
 
 def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "convnet",
@@ -76,116 +104,96 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              checkpoint_sha256: str | None = None, overrides: dict[str, str] | None = None,
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
              retrain: bool = False, force: bool = False, progress: bool = True,
-             beta: float = DEFAULT_BETA, cache_root: Path | None = None) -> Evaluation:
+             beta: float = DEFAULT_BETA, cache_root: Path | None = None) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
-    and write its JSON entry to ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``.
+    and write its JSON entry to ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``
+    with its per-example values beside it.
 
     ``checkpoint`` scores user-supplied weights (a state dict for ``model``) instead of
     training; its sha256 is checked against ``checkpoint_sha256`` or its sidecar JSON.
+    ``force`` recomputes every stage and replaces an existing entry of a different run.
     """
-    from .evaluate import EvalContext, StageCache, build_entry, metric
+    from .entry import build_entry
     from .explainers import get_explainer
-    from .leaderboard.schema import entry_path, read_entry, write_entry
+    from .leaderboard.examples import flatten
+    from .leaderboard.schema import entry_path, write_entry
     from .models import count_parameters
-    from .protocol import get_profile
     from .registry import defenses, explainers, models
+    from .runtime import RunContext, StageCache
+    from .stages import STAGES
     from .subset import get_manifest
-    from . import stages as st
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    defense_entry = defenses.get_entry(defense)
+    defenses.get(defense)
     models.get(model)
-    expl = get_explainer(explainer)
     explainers.get(explainer)
+    expl = get_explainer(explainer)
     dev = resolve_device(device)
     ds = load_dataset(dataset, data_dir)
-    card = ds.card
 
-    timing: dict[str, float] = {}
     t0 = time.perf_counter()
-    if checkpoint is not None:
-        net, digest = _load_user_checkpoint(ds, model, checkpoint, checkpoint_sha256, dev, beta)
-        recipe = {"note": "user-supplied weights; recipe unknown"}
-        defense_info = {"name": defense, "recipe": recipe, "recipe_hash": hash_config(recipe),
-                        "source": "user checkpoint"}
-        ckpt_info = {"sha256": digest, "origin": "user"}
-    else:
-        trained = get_trained_model(ds, model, defense, overrides=overrides, seed=seed,
-                                    device=dev, retrain=retrain, progress=progress, beta=beta,
-                                    cache_root=cache_root)
-        net, digest = trained.model, trained.sha256
-        defense_info = {"name": defense, "recipe": trained.meta["recipe"],
-                        "recipe_hash": trained.meta["recipe_hash"],
-                        "source": defense_entry.source}
-        ckpt_info = {"sha256": digest, "origin": "cache" if trained.reused else "trained"}
-        if not trained.reused:
-            timing["train"] = round(trained.train_seconds, 3)
-    net.eval()
-    timing.setdefault("train", 0.0)
-
+    net, defense_info, ckpt_info, train_seconds = _checkpoint(
+        ds, model, defense, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
+        overrides=overrides, seed=seed, device=dev, retrain=retrain, progress=progress,
+        beta=beta, cache_root=cache_root)
+    timing = {"train": round(train_seconds, 3)}
     t1 = time.perf_counter()
     manifest, _ = get_manifest(ds, prof.per_cluster, dev, progress=progress,
                                cache_root=cache_root)
     timing["subset"] = round(time.perf_counter() - t1, 3)
-    idx = torch.tensor(manifest["indices"])
-    images, labels = ds.test.get_batch(idx)
+    images, labels = ds.test.get_batch(torch.tensor(manifest["indices"]))
 
-    ctx = EvalContext(
+    ctx = RunContext(
         model=net, model_name=model, explainer=expl, dataset=ds, profile=prof,
         images=images.to(dev), labels=labels.to(dev), device=dev, seed=seed,
         progress=progress, cache=StageCache(cache_root, force=force), timing=timing,
-        base_key={"protocol": PROTOCOL_VERSION, "checkpoint": digest,
+        base_key={"protocol": PROTOCOL_VERSION, "checkpoint": ckpt_info["sha256"],
                   "manifest": manifest["sha256"], "explainer": expl.describe(),
-                  "profile": prof.parameters(card), "seed": seed, "model": model,
-                  "device": dev.type},
-        code_versions=dict(st.CODE_VERSIONS))
-    outputs = {name: ctx.run(name, lambda f=getattr(st, f"stage_{name}"): f(ctx))
-               for name in st.STAGES}
-
-    b = prof.bootstrap_resamples
-    acc = outputs["accuracy"]
-    metrics: dict[str, Any] = {
-        "clean_acc": metric(acc["clean_correct"].float(), b, seed, scale=100.0),
-        "pgd_acc": metric(acc["pgd_correct"].float(), b, seed, scale=100.0),
-    }
-    manip, not_converged = st.summarize_manipulation(ctx, outputs["manipulation"])
-    metrics.update(manip)
-    metrics["rps"] = {sim: {e: metric(v, b, seed) for e, v in per.items()}
-                      for sim, per in outputs["rps"]["values"].items()}
-    metrics["insertion"] = metric(outputs["insertion"]["scores"], b, seed)
-    metrics["adv_insertion"] = metric(outputs["adv_insertion"]["scores"], b, seed)
-    ret = outputs["retrieval"]
-    metrics["retrieval"] = {kind: {st.eps_key(e, card.grey): metric(ret["hits"][kind][i].float(),
-                                                                      b, seed)
-                                   for i, e in enumerate(ret["eps"])}
-                            for kind in st.RETRIEVAL_KINDS}
-    land = outputs["landscape"]
-    metrics["landscape"] = {k: [float(v) for v in land[k]]
-                            for k in ("gammas", "explanation", "cross_entropy")}
-    clean = metrics["clean_acc"]["value"] or 0.0
-    flags = {"not_converged": not_converged,
-             "degenerate": clean < 2 * 100.0 / card.num_classes}
+                  "seed": seed, "model": model, "device": dev.type})
+    params: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+    flags: dict[str, bool] = {}
+    for stage in STAGES:
+        params[stage.name] = stage.params(ctx)
+        outputs[stage.name] = stage.execute(ctx, params[stage.name])
+        summary = stage.summarize(ctx, outputs[stage.name])
+        metrics.update(summary.metrics)
+        flags.update(summary.flags)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
+
     model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,
                   "activation": "softplus"}
-    entry = build_entry(ctx=ctx, metrics=metrics, flags=flags, manifest=manifest,
-                        defense=defense_info, checkpoint=ckpt_info, model_info=model_info)
-
-    path = entry_path(Path(out) if out is not None else default_results_dir(), entry)
-    if path.is_file() and not force:
-        old = read_entry(path)
-        if _same_run(old, entry):
-            return Evaluation(old, path, False, ctx.cached_stages)
-        raise XRBenchError(f"{path} holds an entry of a different run (other checkpoint, "
-                           "recipe or protocol values); pass --force to replace it or --out "
-                           "to write elsewhere")
-    write_entry(path, entry, overwrite=True)
-    return Evaluation(entry, path, True, ctx.cached_stages)
+    entry = build_entry(ctx=ctx, stage_params=params, metrics=metrics, flags=flags,
+                        manifest=manifest, defense=defense_info, checkpoint=ckpt_info,
+                        model_info=model_info)
+    examples = flatten(outputs)
+    done = write_entry(entry_path(Path(out) if out is not None else default_results_dir(),
+                                  entry), entry, overwrite=force, examples=examples)
+    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples)
 
 
-def _same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same inputs and same numbers (date, timings and where the checkpoint came from may
-    differ between two runs of the same thing)."""
-    keys = ("protocol", "subset", "defense", "explainer", "seed", "model", "metrics", "flags")
-    return (all(a.get(k) == b.get(k) for k in keys)
-            and a["checkpoint"]["sha256"] == b["checkpoint"]["sha256"])
+def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "auto",
+           data_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+           rebuild: bool = False, progress: bool = True, cache_root: Path | None = None
+           ) -> tuple[dict[str, Any], str]:
+    """The frozen subset manifest of ``dataset`` at ``profile``'s size (PROTOCOL 4): the
+    shipped or cached one, else built; ``out`` writes it to that file too. Returns (manifest,
+    where it came from)."""
+    from .subset import get_manifest
+
+    prof = get_profile(profile)
+    ds = load_dataset(dataset, data_dir)
+    return get_manifest(ds, prof.per_cluster, resolve_device(device), progress=progress,
+                        rebuild=rebuild, out=Path(out) if out else None, cache_root=cache_root)
+
+
+def leaderboard(results: str | os.PathLike[str]) -> tuple[str, int]:
+    """Markdown tables of every entry below ``results``: (text, number of entries)."""
+    from .leaderboard.render import render_markdown
+    from .leaderboard.schema import load_entries
+
+    entries = load_entries(Path(results))
+    if not entries:
+        raise XRBenchError(f"no entries (*.json) found under {results}")
+    return render_markdown(entries), len(entries)

@@ -57,6 +57,8 @@ def _add_common(p: argparse.ArgumentParser, *, defense_default: str | None = "no
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .protocol import PROFILES
+
     parser = argparse.ArgumentParser(
         prog="xrbench", description=MAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explainer", default="grad_x_input",
                    help="explainer used for scoring (default: grad_x_input); independent of "
                         "any explainer a defense trains with (--set explainer=...)")
-    p.add_argument("--profile", default="quick", choices=["paper", "quick", "smoke"],
+    p.add_argument("--profile", default="quick", choices=list(PROFILES),
                    help="protocol sizes (default: quick; paper = published leaderboards)")
     p.add_argument("--out", default=None,
                    help="results folder (default: $XRBENCH_RESULTS or ~/.cache/xrbench/results)")
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "cluster. Shipped manifests (digits) are shown, not rebuilt, "
                                    "unless --rebuild.")
     p.add_argument("--dataset", default="digits")
-    p.add_argument("--profile", default="quick", choices=["paper", "quick", "smoke"])
+    p.add_argument("--profile", default="quick", choices=list(PROFILES))
     p.add_argument("--out", default=None, metavar="FILE", help="write the manifest here")
     p.add_argument("--rebuild", action="store_true", help="build even if one exists")
     p.add_argument("--device", default="auto")
@@ -161,23 +163,15 @@ def _fmt(m: dict | None, scale: float = 1.0, digits: int = 2) -> tuple[str, str]
 
 
 def summary_table(entry: dict) -> str:
-    """A readable summary of one entry's metrics (value and 95% bootstrap interval)."""
+    """A readable summary of one entry's metrics (value and 95% bootstrap interval), one
+    row per number each stage prints (:meth:`xrbench.stages.Stage.rows`)."""
     from tabulate import tabulate
 
+    from .stages import STAGES
+
     m = entry["metrics"]
-    rows = [("clean accuracy (%)", *_fmt(m.get("clean_acc"))),
-            ("PGD accuracy (%)", *_fmt(m.get("pgd_acc"))),
-            ("Expl@start (x1e-7)", *_fmt(m.get("expl_start"), 1e7, 1)),
-            ("Expl@end (x1e-7)", *_fmt(m.get("expl_end"), 1e7, 1)),
-            ("pairs with changed class (%)", *_fmt(m.get("class_changed"), 100.0, 1))]
-    for sim, per in (m.get("rps") or {}).items():
-        for eps, v in per.items():
-            rows.append((f"RPS {sim} @ {eps}", *_fmt(v, 1.0, 3)))
-    rows += [("Insertion (%)", *_fmt(m.get("insertion"))),
-             ("Adv-Insertion (%)", *_fmt(m.get("adv_insertion")))]
-    for kind, per in (m.get("retrieval") or {}).items():
-        for eps, v in per.items():
-            rows.append((f"retrieval {kind} @ {eps} (%)", *_fmt(v, 100.0, 1)))
+    rows = [(label, *_fmt(metric, scale, digits))
+            for stage in STAGES for label, metric, scale, digits in stage.rows(m)]
     flags = [k for k, v in entry.get("flags", {}).items() if v]
     head = (f"{entry['defense']['name']} on {entry['dataset']['name']} / {entry['model']['name']}"
             f" / {entry['explainer']['name']} / profile {entry['protocol']['profile']} / seed "
@@ -201,26 +195,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.entry["timing"].items())
     print(f"stage wall time: {timing}")
-    if res.cached_stages:
-        print(f"reused cached stages: {', '.join(res.cached_stages)}")
+    if res.reused_stages:
+        print(f"reused cached stages: {', '.join(res.reused_stages)}")
     state = "wrote" if res.written else "unchanged (same run)"
     print(f"{state}: {res.path}")
     return 0
 
 
 def _cmd_subset(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from . import api
 
-    from .data import load_dataset
-    from .protocol import get_profile
-    from .subset import get_manifest
-    from .utils import resolve_device
-
-    prof = get_profile(args.profile)
-    ds = load_dataset(args.dataset, args.data_dir)
-    manifest, where = get_manifest(ds, prof.per_cluster, resolve_device(args.device),
-                                   progress=not args.quiet, rebuild=args.rebuild,
-                                   out=Path(args.out) if args.out else None)
+    manifest, where = api.subset(args.dataset, args.profile, device=args.device,
+                                 data_dir=args.data_dir, out=args.out, rebuild=args.rebuild,
+                                 progress=not args.quiet)
     v = manifest["validity"]
     print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
           f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "
@@ -236,20 +223,16 @@ def _cmd_subset(args: argparse.Namespace) -> int:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .leaderboard.render import render_markdown
-    from .leaderboard.schema import load_entries
+    from . import api
     from .utils import atomic_write_text
 
-    entries = load_entries(Path(args.results))
-    if not entries:
-        raise XRBenchError(f"no entries (*.json) found under {args.results}")
-    text = render_markdown(entries)
+    text, count = api.leaderboard(args.results)
     if args.output:
         out = Path(args.output)
         if out.exists() and not args.force:
             raise XRBenchError(f"{out} exists; pass --force to overwrite it")
         atomic_write_text(out, text)
-        print(f"wrote {out} ({len(entries)} entries)")
+        print(f"wrote {out} ({count} entries)")
     else:
         print(text)
     return 0

@@ -1,14 +1,15 @@
 """Profiles: named sets of protocol sizes (PROTOCOL.md section 6).
 
-Every value of the profile in use is recorded in each entry (``Profile.parameters``), so a
-number is never a silent constant. Values the protocol fixes (RelEx 50 x 50, RPS 10 draws,
+Every value an entry's numbers depend on is recorded in it: each stage records the protocol
+parameters of the code it ran (:meth:`xrbench.stages.Stage.params`), so a number is never a
+silent constant. Values the protocol fixes (RelEx 50 x 50, RPS 10 draws,
 PGD 10 steps...) keep their protocol value in ``paper`` and ``quick``; only ``smoke`` (tests
 and CI) shrinks them, and says so in its parameters.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .data import DatasetCard
@@ -53,16 +54,6 @@ class Profile:
         if self.manipulation_lr is not None:
             return self.manipulation_lr
         return PAPER_LR_NORMALISED * card.mean_std
-
-    def parameters(self, card: DatasetCard) -> dict[str, Any]:
-        """Every protocol parameter of this profile, as recorded in an entry."""
-        p = asdict(self)
-        p.update(manipulation_lr=self.lr_for(card), n_images=self.n_images,
-                 pairs=self.n_pairs, clusters=CLUSTERS, eps_pgd=card.eps_pgd,
-                 rps_eps=list(card.rps_eps), retrieval_eps=list(card.retrieval_eps),
-                 landscape_gamma_max=self.landscape_gamma_max_eps * card.eps_pgd,
-                 manipulation_budget=None, map_prefactor=1e11, output_prefactor=1e6)
-        return p
 
 
 # ``quick``: iterations and lr chosen by measurement on digits (docs/quick-profile.md): the

@@ -1,25 +1,68 @@
-"""The protocol's stages, each ``stage(ctx) -> dict`` of per-example tensors, and the
-summaries that turn them into an entry's metric objects (with bootstrap intervals)."""
+"""The protocol's stages (PROTOCOL.md section 5), each declared once, in the order they run.
+
+A stage is a small object:
+
+- ``name`` and ``version`` (bump the version in the commit that changes what the stage
+  computes beyond float rounding: caches written by older code are then not reused);
+- ``params(ctx)``: its protocol parameters, read from the code that runs (a
+  :class:`~xrbench.runtime.ProtocolCall`), recorded in the entry and part of the cache key;
+- ``run(ctx)``: a dict of per-example tensors (per image, or per pair for the manipulation),
+  cached, and kept beside the entry in its per-example file;
+- ``summarize(ctx, out)``: its part of the entry, metric objects with bootstrap intervals and
+  flags;
+- ``rows(metrics)``: how the command line prints its metrics.
+
+Adding a metric: write the metric function (``metrics/<name>.py``), declare its stage here and
+add it to :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.json``
+(docs/adding-a-metric.md walks through an example).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
-from .evaluate import EvalContext, metric, progress_bar, require_differentiable, seeded
+from .runtime import ProtocolCall, RunContext, require_differentiable
 
 log = logging.getLogger(__name__)
 
-# the long pair attack runs last, so every other number is in the cache early
-STAGES = ("accuracy", "rps", "insertion", "adv_insertion", "retrieval", "landscape",
-          "manipulation")
+#: (label, metric object, scale, digits) of one printed summary row
+Row = tuple[str, "dict[str, Any] | None", float, int]
 
-# Part of every stage's cache key: bump a stage's number in the commit that changes what it
-# computes (beyond float rounding), so caches written by older code are not reused.
-CODE_VERSIONS = {"accuracy": 1, "rps": 1, "insertion": 1, "adv_insertion": 1, "retrieval": 1,
-                 "landscape": 1, "manipulation": 1, "manipulation-chunk": 1}
+
+@dataclass
+class Summary:
+    """A stage's part of the entry: metric objects (``metrics``) and boolean ``flags``."""
+
+    metrics: dict[str, Any]
+    flags: dict[str, bool] = field(default_factory=dict)
+
+
+class Stage:
+    """Base of the protocol stages; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        raise NotImplementedError
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return []
+
+    def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
+        """``run(ctx)``, or its cached output for the same inputs and parameters."""
+        return ctx.cached(self.name, ctx.key(self.name, self.version, params),
+                          lambda: self.run(ctx))
 
 
 def eps_key(eps: float, decimal: bool) -> str:
@@ -31,142 +74,321 @@ def eps_key(eps: float, decimal: bool) -> str:
     return f"{eps:g}"
 
 
-# --- 5.1 accuracy -------------------------------------------------------------------------------
-
-def stage_accuracy(ctx: EvalContext) -> dict[str, Any]:
-    from .metrics.accuracy import accuracy_under_pgd
-
-    test = ctx.dataset.test
-    cap = ctx.profile.pgd_max_images
-    n = len(test) if cap is None else min(cap, len(test))
-    out = accuracy_under_pgd(ctx.model, test, eps=ctx.dataset.card.eps_pgd,
-                             steps=ctx.profile.pgd_steps, indices=torch.arange(n),
-                             generator=seeded(ctx, 1), progress=ctx.progress)
-    return {"clean_correct": out["clean_correct"].cpu(), "pgd_correct": out["pgd_correct"].cpu()}
+def _per_eps_rows(prefix: str, per: dict[str, Any], unit: str, scale: float, digits: int
+                  ) -> list[Row]:
+    return [(f"{prefix} @ {eps}{unit}", v, scale, digits) for eps, v in per.items()]
 
 
-# --- 5.2 manipulation (chunk-level resume) -----------------------------------------------------
+# --- 5.1 clean and PGD accuracy ----------------------------------------------------------------
 
-MANIPULATION_FIELDS = ("expl_start", "expl_end", "pred_victim", "pred_target", "pred_adv",
-                       "class_changed", "loss_trace", "expl_trace", "pairs")
+class Accuracy(Stage):
+    """Clean and PGD accuracy on the test split (capped by the profile)."""
 
+    name = "accuracy"
+    version = 1
 
-def stage_manipulation(ctx: EvalContext) -> dict[str, Any]:
-    """All ordered pairs of the subset, in chunks of ``profile.pair_batch``; every finished
-    chunk is cached on its own so an interrupted run resumes at the next chunk."""
-    from .attacks.manipulation import manipulate, ordered_pairs
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        from .attacks.pgd import pgd_step_size
+        from .metrics import accuracy as acc
 
-    require_differentiable(ctx.explainer, "explanation manipulation")
-    p = ctx.profile
-    lr = p.lr_for(ctx.dataset.card)
-    pairs = ordered_pairs(ctx.images.shape[0])
-    chunks: list[dict[str, Any]] = []
-    bar = progress_bar(len(pairs), "manipulation", ctx.progress, unit="pair")
-    for k, start in enumerate(range(0, len(pairs), p.pair_batch)):
-        idx = pairs[start:start + p.pair_batch]
-        key = ctx.key("manipulation-chunk", chunk=k, size=p.pair_batch, pairs=len(pairs),
-                      iterations=p.manipulation_iterations, lr=lr)
-        path = ctx.cache.path("manipulation-chunk", key)
-        done = ctx.cache.load(path)
-        if done is None:
-            res = manipulate(ctx.model, ctx.explainer, ctx.images[idx[:, 0]],
-                             ctx.images[idx[:, 1]], iterations=p.manipulation_iterations, lr=lr)
-            res.pairs = idx
-            done = {f: getattr(res, f).detach().cpu() for f in MANIPULATION_FIELDS}
-            done["trace_points"] = list(res.trace_points)
-            ctx.cache.save(path, done)
-        chunks.append(done)
-        bar.update(len(idx))
-    bar.close()
-    out: dict[str, Any] = {f: torch.cat([c[f] for c in chunks], dim=1 if f.endswith("_trace")
-                                        else 0) for f in MANIPULATION_FIELDS}
-    out["trace_points"] = chunks[0]["trace_points"]
-    return out
+        eps, steps = ctx.card.eps_pgd, ctx.profile.pgd_steps
+        return ProtocolCall.bind(acc.accuracy_under_pgd, eps=eps, steps=steps,
+                                 step_size=pgd_step_size(eps, steps))
 
+    def n_images(self, ctx: RunContext) -> int:
+        cap, n = ctx.profile.pgd_max_images, len(ctx.dataset.test)
+        return n if cap is None else min(cap, n)
 
-def summarize_manipulation(ctx: EvalContext, out: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    from .attacks.manipulation import ManipulationResult
-    from .metrics.manipulation import manipulation_metrics
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return {**self.call(ctx).params(), "n_images": self.n_images(ctx)}
 
-    res = ManipulationResult(x_adv=torch.empty(0), trace_points=tuple(out["trace_points"]),
-                             params={}, **{f: out[f] for f in MANIPULATION_FIELDS})
-    m = manipulation_metrics(res)
-    victims = out["pairs"][:, 0]
-    b = ctx.profile.bootstrap_resamples
-    metrics = {
-        "expl_start": metric(out["expl_start"], b, ctx.seed, victims, median=True),
-        "expl_end": metric(out["expl_end"], b, ctx.seed, victims, median=True),
-        "class_changed": metric(out["class_changed"].float(), b, ctx.seed, victims),
-        "manipulation_loss": {f"at_{round(100 * f)}": float(out["loss_trace"][k].double().mean())
-                              for k, f in enumerate(out["trace_points"])},
-    }
-    return metrics, bool(m["not_converged"])
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        out = self.call(ctx)(ctx.model, ctx.dataset.test,
+                             indices=torch.arange(self.n_images(ctx)),
+                             generator=ctx.generator(self.name), progress=ctx.progress)
+        return {"clean_correct": out["clean_correct"].cpu(),
+                "pgd_correct": out["pgd_correct"].cpu()}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        clean = ctx.metric(out["clean_correct"].float(), scale=100.0)
+        pgd = ctx.metric(out["pgd_correct"].float(), scale=100.0)
+        chance = 100.0 / ctx.card.num_classes
+        return Summary({"clean_acc": clean, "pgd_acc": pgd},
+                       {"degenerate": (clean["value"] or 0.0) < 2 * chance})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [("clean accuracy (%)", metrics.get("clean_acc"), 1.0, 2),
+                ("PGD accuracy (%)", metrics.get("pgd_acc"), 1.0, 2)]
 
 
 # --- 5.3 RPS ----------------------------------------------------------------------------------
 
-def stage_rps(ctx: EvalContext) -> dict[str, Any]:
-    from .metrics.rps import rps
+class RPS(Stage):
+    """Random perturbation similarity of the explainer's maps."""
 
-    card = ctx.dataset.card
-    values = rps(ctx.model, ctx.explainer, ctx.images, ctx.labels, eps=card.rps_eps,
-                 draws=ctx.profile.rps_draws, seed=ctx.seed)
-    return {"values": {sim: {eps_key(e, False): v.cpu() for e, v in per.items()}
-                       for sim, per in values.items()}}
+    name = "rps"
+    version = 1
+
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        from .metrics import rps
+
+        return ProtocolCall.bind(rps.rps, eps=tuple(ctx.card.rps_eps),
+                                 draws=ctx.profile.rps_draws)
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return self.call(ctx).params()
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        values = self.call(ctx)(ctx.model, ctx.explainer, ctx.images, ctx.labels,
+                                seed=ctx.seed)
+        return {sim: {eps_key(e, False): v.cpu() for e, v in per.items()}
+                for sim, per in values.items()}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        return Summary({"rps": {sim: {e: ctx.metric(v) for e, v in per.items()}
+                                for sim, per in out.items() if not sim.startswith("_")}})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [row for sim, per in (metrics.get("rps") or {}).items()
+                for row in _per_eps_rows(f"RPS {sim}", per, "", 1.0, 3)]
 
 
-# --- 5.4 Insertion / Adv-Insertion -----------------------------------------------------------
+# --- 5.4 Insertion and Adv-Insertion -----------------------------------------------------------
 
-def stage_insertion(ctx: EvalContext) -> dict[str, Any]:
-    from .metrics.insertion import insertion
+class Insertion(Stage):
+    """Insertion score of the explainer's ranking of pixels."""
 
-    return {"scores": insertion(ctx.model, ctx.explainer, ctx.images, ctx.labels).cpu()}
+    name = "insertion"
+    version = 1
+
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        from .metrics import insertion
+
+        return ProtocolCall.bind(insertion.insertion)
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return self.call(ctx).params()
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
+                                         ctx.labels).cpu()}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        return Summary({"insertion": ctx.metric(out["scores"])})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [("Insertion (%)", metrics.get("insertion"), 1.0, 2)]
 
 
-def stage_adv_insertion(ctx: EvalContext) -> dict[str, Any]:
-    from .attacks.frame import adv_insertion_eps
-    from .metrics.insertion import adv_insertion
+class AdvInsertion(Stage):
+    """Insertion in the order of the map of a frame-target manipulated image."""
 
-    require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
-    scores = adv_insertion(ctx.model, ctx.explainer, ctx.images, ctx.labels,
-                           eps=adv_insertion_eps(ctx.model_name),
-                           iterations=ctx.profile.adv_insertion_iterations)
-    return {"scores": scores.cpu()}
+    name = "adv_insertion"
+    version = 1
+
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        from .attacks.frame import adv_insertion_eps, frame_lr
+        from .metrics import insertion
+
+        eps = adv_insertion_eps(ctx.model_name)
+        iterations = ctx.profile.adv_insertion_iterations
+        return ProtocolCall.bind(insertion.adv_insertion, eps=eps, iterations=iterations,
+                                 lr=frame_lr(eps, iterations))
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return self.call(ctx).params()
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
+        return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
+                                         ctx.labels).cpu()}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        return Summary({"adv_insertion": ctx.metric(out["scores"])})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [("Adv-Insertion (%)", metrics.get("adv_insertion"), 1.0, 2)]
 
 
-# --- 5.5 retrieval ------------------------------------------------------------------------------
+# --- 5.5 class retrieval -----------------------------------------------------------------------
 
 RETRIEVAL_KINDS = ("relex_adv_mask", "relex_clean_mask", "explainer_adv_mask",
                    "explainer_clean_mask")
 
 
-def stage_retrieval(ctx: EvalContext) -> dict[str, Any]:
-    from .metrics.retrieval import retrieval
+class Retrieval(Stage):
+    """Class retrieval through RelEx masks and the explainer's own masks."""
 
-    p = ctx.profile
-    out = retrieval(ctx.model, ctx.explainer, ctx.images, card=ctx.dataset.card,
-                    generator=seeded(ctx, 5), pgd_steps=p.retrieval_pgd_steps,
-                    relex={"iterations": p.relex_iterations, "samples": p.relex_samples},
-                    progress=ctx.progress)
-    return {"eps": [float(e) for e in out["eps"]],
-            "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
+    name = "retrieval"
+    version = 1
+
+    def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
+        from .metrics import retrieval
+
+        p = ctx.profile
+        relex = ProtocolCall.bind(retrieval.relex_mask, iterations=p.relex_iterations,
+                                  samples=p.relex_samples)
+        return (ProtocolCall.bind(retrieval.retrieval, eps_list=tuple(ctx.card.retrieval_eps),
+                                  pgd_steps=p.retrieval_pgd_steps, relex=dict(relex.kwargs)),
+                relex)
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        from .attacks.pgd import pgd_step_size
+
+        call, relex = self.calls(ctx)
+        p = call.params()
+        p["pgd_step_size"] = [pgd_step_size(e, p["pgd_steps"]) for e in p["eps_list"]]
+        p["relex"] = relex.params()  # every RelEx setting, not only the overridden ones
+        return p
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        call, _ = self.calls(ctx)
+        out = call(ctx.model, ctx.explainer, ctx.images, card=ctx.card,
+                   generator=ctx.generator(self.name), progress=ctx.progress)
+        return {"eps": [float(e) for e in out["eps"]],
+                "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        return Summary({"retrieval": {
+            kind: {eps_key(e, ctx.card.grey): ctx.metric(out["hits"][kind][i].float())
+                   for i, e in enumerate(out["eps"])}
+            for kind in RETRIEVAL_KINDS}})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [row for kind, per in (metrics.get("retrieval") or {}).items()
+                for row in _per_eps_rows(f"retrieval {kind}", per, " (%)", 100.0, 1)]
 
 
-# --- 5.6 landscape ------------------------------------------------------------------------------
+# --- 5.6 loss landscape ------------------------------------------------------------------------
 
-def stage_landscape(ctx: EvalContext) -> dict[str, Any]:
-    from .attacks.manipulation import ordered_pairs
-    from .metrics.landscape import ce_landscape, explanation_landscape
+class Landscape(Stage):
+    """Explanation-loss and cross-entropy landscapes along random directions (SEP eq. 5)."""
 
-    require_differentiable(ctx.explainer, "loss landscape")
-    p = ctx.profile
-    gammas = torch.linspace(0, p.landscape_gamma_max_eps * ctx.dataset.card.eps_pgd,
-                            p.landscape_points)
-    pairs = ordered_pairs(ctx.images.shape[0])
-    g = torch.Generator().manual_seed(ctx.seed)
-    pick = pairs[torch.randperm(len(pairs), generator=g)[:p.landscape_pairs]]
-    expl = explanation_landscape(ctx.model, ctx.explainer, ctx.images, pick, gammas,
-                                 generator=seeded(ctx, 6))
-    ce = ce_landscape(ctx.model, ctx.images, ctx.labels, gammas, generator=seeded(ctx, 7))
-    return {"gammas": gammas, "explanation": torch.as_tensor(expl).cpu(),
-            "cross_entropy": torch.as_tensor(ce).cpu()}
+    name = "landscape"
+    version = 1
+
+    def gammas(self, ctx: RunContext) -> torch.Tensor:
+        p = ctx.profile
+        return torch.linspace(0, p.landscape_gamma_max_eps * ctx.card.eps_pgd,
+                              p.landscape_points)
+
+    def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
+        from .metrics import landscape
+
+        gammas = self.gammas(ctx)
+        return (ProtocolCall.bind(landscape.explanation_landscape_pairs, gammas=gammas),
+                ProtocolCall.bind(landscape.ce_landscape_per_image, gammas=gammas))
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        expl, ce = self.calls(ctx)
+        return {"pairs": ctx.profile.landscape_pairs,
+                "explanation": expl.params(), "cross_entropy": ce.params()}
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from .attacks.manipulation import ordered_pairs
+
+        require_differentiable(ctx.explainer, "loss landscape")
+        expl, ce = self.calls(ctx)
+        pairs = ordered_pairs(ctx.images.shape[0])
+        g = torch.Generator().manual_seed(ctx.seed)
+        pick = pairs[torch.randperm(len(pairs), generator=g)[:ctx.profile.landscape_pairs]]
+        return {"gammas": self.gammas(ctx), "pairs": pick,
+                "explanation": expl(ctx.model, ctx.explainer, ctx.images, pick,
+                                    generator=ctx.generator("landscape/explanation")).cpu(),
+                "cross_entropy": ce(ctx.model, ctx.images, ctx.labels,
+                                    generator=ctx.generator("landscape/cross_entropy")).cpu()}
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        return Summary({"landscape": {
+            "gammas": [float(v) for v in out["gammas"]],
+            "explanation": [float(v) for v in out["explanation"].mean(dim=1)],
+            "cross_entropy": [float(v) for v in out["cross_entropy"].mean(dim=1)]}})
+
+
+# --- 5.2 targeted explanation manipulation (last: the longest) -----------------------------------
+
+class Manipulation(Stage):
+    """The Dombrowski et al. attack on every ordered pair, resumable chunk by chunk."""
+
+    name = "manipulation"
+    version = 1
+    chunk_version: ClassVar[int] = 1
+
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        from .attacks import manipulation
+
+        p = ctx.profile
+        return ProtocolCall.bind(manipulation.manipulate, iterations=p.manipulation_iterations,
+                                 lr=p.lr_for(ctx.card))
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return self.call(ctx).params()
+
+    def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
+        return ctx.cached(self.name, ctx.key(self.name, self.version, params),
+                          lambda: self.run(ctx, params))
+
+    def run(self, ctx: RunContext, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from .attacks.manipulation import manipulate_pairs, ordered_pairs
+
+        require_differentiable(ctx.explainer, "explanation manipulation")
+        params = self.params(ctx) if params is None else params
+        pairs = ordered_pairs(ctx.images.shape[0])
+        store = _ChunkCache(ctx, params, ctx.profile.pair_batch, len(pairs))
+        res = manipulate_pairs(ctx.model, ctx.explainer, ctx.images, pairs,
+                               pair_batch=ctx.profile.pair_batch, progress=ctx.progress,
+                               chunk_store=store, keep_x_adv=False, **self.call(ctx).kwargs)
+        return res.per_pair()
+
+    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
+        from .metrics.manipulation import CONVERGENCE_TOLERANCE, mean_loss_at, second_half_fall
+
+        victims = out["pairs"][:, 0]  # the bootstrap resamples victims with all their pairs
+        fall = second_half_fall(out["loss_trace"], out["trace_points"])
+        not_converged = fall > CONVERGENCE_TOLERANCE
+        if not_converged:
+            log.warning("manipulation not converged: mean loss fell %.1f%% over the last half "
+                        "of the iterations (tolerance %.0f%%)", 100 * fall,
+                        100 * CONVERGENCE_TOLERANCE)
+        return Summary({
+            "expl_start": ctx.metric(out["expl_start"], victims, median=True),
+            "expl_end": ctx.metric(out["expl_end"], victims, median=True),
+            "class_changed": ctx.metric(out["class_changed"].float(), victims),
+            "manipulation_loss": mean_loss_at(out["loss_trace"], out["trace_points"]),
+        }, {"not_converged": bool(not_converged)})
+
+    def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        return [("Expl@start (x1e-7)", metrics.get("expl_start"), 1e7, 1),
+                ("Expl@end (x1e-7)", metrics.get("expl_end"), 1e7, 1),
+                ("pairs with changed class (%)", metrics.get("class_changed"), 100.0, 1)]
+
+
+class _ChunkCache:
+    """A :class:`~xrbench.attacks.manipulation.ChunkStore` in the stage cache: every finished
+    chunk of pairs is kept, so an interrupted manipulation resumes at the next chunk."""
+
+    def __init__(self, ctx: RunContext, params: dict[str, Any], size: int, n_pairs: int
+                 ) -> None:
+        self.ctx, self.params, self.size, self.n_pairs = ctx, params, size, n_pairs
+
+    def _path(self, chunk: int) -> Any:
+        key = self.ctx.key("manipulation-chunk", Manipulation.chunk_version, self.params,
+                           chunk=chunk, size=self.size, pairs=self.n_pairs)
+        return self.ctx.cache.path("manipulation-chunk", key)
+
+    def load(self, chunk: int, pairs: torch.Tensor) -> Any:
+        from .attacks.manipulation import ManipulationResult
+
+        done = self.ctx.cache.load(self._path(chunk))
+        if done is None or not torch.equal(done.get("pairs", torch.empty(0)), pairs):
+            return None
+        return ManipulationResult.from_per_pair(done)
+
+    def save(self, chunk: int, result: Any) -> None:
+        self.ctx.cache.save(self._path(chunk), result.per_pair())
+
+
+#: every stage, in the order it runs (the long pair attack last, so that every other number
+#: is cached early)
+STAGES: tuple[Stage, ...] = (Accuracy(), RPS(), Insertion(), AdvInsertion(), Retrieval(),
+                             Landscape(), Manipulation())
