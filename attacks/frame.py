@@ -20,9 +20,12 @@ Choices (the protocol or the reference is silent):
   so each image's trajectory does not depend on its batch.
 - Border width ``round(5 * S / 32)`` rounds halves up (S = 16 gives 3), at least 1; S = 8
   gives 1, 28 gives 4, 32 gives 5, 64 gives 10, 224 gives 35.
-- ReLU models: the attack runs on the Softplus surrogate of PROTOCOL section 0 (beta 10 to
-  100, geometric, :func:`xrbench.attacks.manipulation.relu_surrogate`); the reference uses a
-  fixed beta 20. Clean logits come from the original model.
+- The attack shares the manipulation's loop and attack model
+  (:func:`xrbench.attacks.manipulation.adam_attack`, :func:`~xrbench.attacks.manipulation.attack_copy`):
+  it differentiates the frozen inference copy (BatchNorm folded; the same function up to
+  float32 rounding). ReLU models: that copy has the Softplus surrogate of PROTOCOL section 0
+  (beta 10 to 100, geometric); the reference uses a fixed beta 20. Clean logits come from
+  the original model.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from torch import nn
 
 from xrbench.explainers import max_map
 
-from .manipulation import beta_schedule, relu_surrogate
+from .manipulation import adam_attack, attack_copy
 from .pgd import eval_mode
 
 log = logging.getLogger(__name__)
@@ -117,22 +120,12 @@ def frame_manipulation(
     with eval_mode(model):
         with torch.no_grad():
             logits_clean = model(x)
-        surrogate = relu_surrogate(model, relu_beta_range[0])
-        attack_model = model if surrogate is None else surrogate[0]
-        softplus = [] if surrogate is None else surrogate[1]
-        if surrogate is not None:
+        attack_model, softplus = attack_copy(model, relu_beta_range[0])
+        if softplus:
             log.info("ReLU model: frame attack on a Softplus surrogate, beta %g -> %g",
                      *relu_beta_range)
-        x_adv = x.clone().requires_grad_(True)
-        opt = torch.optim.Adam([x_adv], lr=lr)
-        with torch.enable_grad():
-            for i in range(iterations):
-                for sp in softplus:
-                    sp.beta = beta_schedule(i, iterations, relu_beta_range)
-                loss = frame_loss(attack_model, explainer, x_adv, y_explained, logits_clean,
-                                  frame, create_graph=True).sum()
-                (x_adv.grad,) = torch.autograd.grad(loss, x_adv)
-                opt.step()
-                with torch.no_grad():
-                    x_adv.copy_((x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0))
-    return x_adv.detach()
+        return adam_attack(
+            x, lambda x_adv, _: frame_loss(attack_model, explainer, x_adv, y_explained,
+                                           logits_clean, frame, create_graph=True),
+            lambda x_adv: (x + (x_adv - x).clamp(-eps, eps)).clamp(0.0, 1.0),
+            iterations=iterations, lr=lr, softplus=softplus, relu_beta_range=relu_beta_range)

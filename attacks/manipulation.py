@@ -26,7 +26,6 @@ growing GEOMETRICALLY from 10 to 100 over the iterations,
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
@@ -140,15 +139,43 @@ def beta_schedule(i: int, iterations: int, beta_range: tuple[float, float] = (10
     return b0 * (b1 / b0) ** (i / max(iterations, 1))
 
 
-def relu_surrogate(model: nn.Module, beta: float) -> tuple[nn.Module, list[nn.Softplus]] | None:
-    """A deep copy of ``model`` with every ``nn.ReLU`` replaced by ``nn.Softplus(beta)`` and
-    parameters frozen, plus the list of new Softplus modules; None if there is no ReLU."""
-    if not any(isinstance(m, nn.ReLU) for m in model.modules()):
-        return None
-    twin = copy.deepcopy(model)
-    new = _swap_relu(twin, beta)
-    twin.requires_grad_(False)
-    return twin.eval(), new
+def attack_copy(model: nn.Module, beta: float) -> tuple[nn.Module, list[nn.Softplus]]:
+    """The model an input attack differentiates: :func:`~xrbench.inference.frozen_inference_copy`
+    of ``model`` (BatchNorm folded, cheap double backward, parameters frozen; the same
+    function up to float32 rounding), with every ``nn.ReLU`` replaced by a Softplus of
+    ``beta``. Returns (copy, the new Softplus modules, empty for a Softplus model)."""
+    copy_ = frozen_inference_copy(model)
+    return copy_, _swap_relu(copy_, beta)
+
+
+def adam_attack(
+    x_init: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    project: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    iterations: int,
+    lr: float,
+    softplus: list[nn.Softplus] | None = None,
+    relu_beta_range: tuple[float, float] = (10.0, 100.0),
+) -> torch.Tensor:
+    """The attack loop both input attacks share (the Dombrowski manipulation and the frame
+    attack of Adv-Insertion): Adam on the input, ``iterations`` steps of learning rate
+    ``lr`` on ``sum(loss_fn(x, i))`` (a per-example loss (P,), so each example's trajectory
+    is independent of its batch), then ``x <- project(x)`` after each step (budget and
+    [0, 1] box). ``softplus`` (from :func:`attack_copy`) get the geometric beta schedule.
+    Returns the detached result, shaped like ``x_init``.
+    """
+    x_adv = x_init.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x_adv], lr=lr)
+    with torch.enable_grad():
+        for i in range(iterations):
+            for sp in softplus or ():
+                sp.beta = beta_schedule(i, iterations, relu_beta_range)
+            (x_adv.grad,) = torch.autograd.grad(loss_fn(x_adv, i).sum(), x_adv)
+            opt.step()
+            with torch.no_grad():
+                x_adv.copy_(project(x_adv))
+    return x_adv.detach()
 
 
 def _swap_relu(module: nn.Module, beta: float) -> list[nn.Softplus]:
@@ -216,8 +243,7 @@ def manipulate(
 
         # the attack differentiates a frozen copy built for cheap double backward (the same
         # function up to float32 rounding; xrbench.inference)
-        attack_model = frozen_inference_copy(model)
-        softplus = _swap_relu(attack_model, relu_beta_range[0])
+        attack_model, softplus = attack_copy(model, relu_beta_range[0])
         if softplus:
             log.info("ReLU model: attacking a Softplus surrogate, beta %g -> %g (geometric)",
                      *relu_beta_range)
@@ -230,22 +256,19 @@ def manipulate(
                 if s == step:
                     loss_trace[k], expl_trace[k] = loss.detach(), expl.detach()
 
-        x_adv = x_victim.clone().requires_grad_(True)
-        opt = torch.optim.Adam([x_adv], lr=lr)
-        with torch.enable_grad():
-            for i in range(iterations):
-                for sp in softplus:
-                    sp.beta = beta_schedule(i, iterations, relu_beta_range)
-                loss, expl = _objective(attack_model, explainer, x_adv, pred_victim, target_map,
-                                        prob_victim, map_prefactor, output_prefactor, True)
-                record(i, loss, expl)
-                (x_adv.grad,) = torch.autograd.grad(loss.sum(), x_adv)
-                opt.step()
-                with torch.no_grad():
-                    if eps is not None:
-                        x_adv.copy_(torch.min(torch.max(x_adv, x_victim - eps), x_victim + eps))
-                    x_adv.clamp_(0.0, 1.0)
-        x_adv = x_adv.detach()
+        def loss_fn(x: torch.Tensor, i: int) -> torch.Tensor:
+            loss, expl = _objective(attack_model, explainer, x, pred_victim, target_map,
+                                    prob_victim, map_prefactor, output_prefactor, True)
+            record(i, loss, expl)
+            return loss
+
+        def project(x: torch.Tensor) -> torch.Tensor:
+            if eps is not None:
+                x = torch.min(torch.max(x, x_victim - eps), x_victim + eps)
+            return x.clamp(0.0, 1.0)
+
+        x_adv = adam_attack(x_victim, loss_fn, project, iterations=iterations, lr=lr,
+                            softplus=softplus, relu_beta_range=relu_beta_range)
         if iterations in steps_at:
             loss, expl = _objective(attack_model, explainer, x_adv, pred_victim, target_map,
                                     prob_victim, map_prefactor, output_prefactor, False)

@@ -14,7 +14,7 @@ Choices the references leave open:
 - Common random numbers: one draw ``u ~ U[-1, 1]^dim`` per (image, draw) is shared by all
   eps, ``d = eps * u``; comparisons across eps are then less noisy. (The reference runs each
   eps separately with fresh noise.)
-- The noise is drawn on the CPU from ``torch.Generator().manual_seed(seed)``, image-major in
+- The noise is drawn on the CPU from the caller's CPU ``generator``, image-major in
   the order of ``x``, then moved to the model's device: the numbers depend on the seed and
   the images only, not on ``batch_size`` or the device.
 - Clamping is to the pixel box [0, 1] (the reference clamps to the batch's min and max).
@@ -49,7 +49,7 @@ def rps(
     *,
     eps: Sequence[float] = RPS_EPS,
     draws: int = RPS_DRAWS,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     batch_size: int = 256,
     similarities: Sequence[str] = tuple(SIMILARITIES),
 ) -> dict[str, dict[float, torch.Tensor]]:
@@ -69,7 +69,10 @@ def rps(
     n, dim = x.shape[0], x.shape[1:]
     device = model_device(model, x.device)
     per_chunk = max(1, batch_size // max(1, draws * len(eps)))
-    gen = torch.Generator().manual_seed(seed)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    if gen.device.type != "cpu":
+        raise ValueError("rps draws its noise on the CPU (so that batch size and device never "
+                         "change a number): pass a CPU generator")
     eps_t = torch.tensor(eps, dtype=x.dtype).view(-1, 1, 1, *([1] * len(dim)))
     out = {s: {e: torch.empty(n, device=x.device) for e in eps} for s in similarities}
     with eval_mode(model):

@@ -115,10 +115,6 @@ class StageCache:
         atomic_write_bytes(path, buf.getvalue())
 
 
-_LEGACY_STREAMS = {"accuracy": 1, "retrieval": 5, "landscape/explanation": 6,
-                   "landscape/cross_entropy": 7}
-
-
 def stage_seed(seed: int, stage: str) -> int:
     """The seed of ``stage``'s random stream: the first 8 bytes of sha256("<seed>/<stage>")
     as an integer below 2**63, so every stage has its own stream, fixed by the entry's seed
@@ -151,9 +147,11 @@ class RunContext:
     def card(self) -> Any:
         return self.dataset.card
 
-    def generator(self, stage: str) -> torch.Generator:
-        """A fresh generator on the run's device for ``stage`` (:func:`stage_seed`)."""
-        return generator(self.seed * 1000 + _LEGACY_STREAMS[stage], self.device)
+    def generator(self, stage: str, device: torch.device | str | None = None
+                  ) -> torch.Generator:
+        """A fresh generator for ``stage``, seeded by :func:`stage_seed` (the entry's seed and
+        the stage's name), on the run's device unless ``device`` says otherwise."""
+        return generator(stage_seed(self.seed, stage), device or self.device)
 
     def key(self, stage: str, version: int, params: Mapping[str, Any], **extra: Any
             ) -> dict[str, Any]:

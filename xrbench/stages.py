@@ -85,7 +85,7 @@ class Accuracy(Stage):
     """Clean and PGD accuracy on the test split (capped by the profile)."""
 
     name = "accuracy"
-    version = 1
+    version = 2
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .attacks.pgd import pgd_step_size
@@ -127,7 +127,7 @@ class RPS(Stage):
     """Random perturbation similarity of the explainer's maps."""
 
     name = "rps"
-    version = 1
+    version = 2
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .metrics import rps
@@ -139,8 +139,9 @@ class RPS(Stage):
         return self.call(ctx).params()
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        # the noise is drawn on the CPU: then batch size and device never change a number
         values = self.call(ctx)(ctx.model, ctx.explainer, ctx.images, ctx.labels,
-                                seed=ctx.seed)
+                                generator=ctx.generator(self.name, device="cpu"))
         return {sim: {eps_key(e, False): v.cpu() for e, v in per.items()}
                 for sim, per in values.items()}
 
@@ -184,7 +185,7 @@ class AdvInsertion(Stage):
     """Insertion in the order of the map of a frame-target manipulated image."""
 
     name = "adv_insertion"
-    version = 1
+    version = 2
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .attacks.frame import adv_insertion_eps, frame_lr
@@ -220,7 +221,7 @@ class Retrieval(Stage):
     """Class retrieval through RelEx masks and the explainer's own masks."""
 
     name = "retrieval"
-    version = 1
+    version = 2
 
     def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
         from .metrics import retrieval
@@ -265,7 +266,7 @@ class Landscape(Stage):
     """Explanation-loss and cross-entropy landscapes along random directions (SEP eq. 5)."""
 
     name = "landscape"
-    version = 1
+    version = 2
 
     def gammas(self, ctx: RunContext) -> torch.Tensor:
         p = ctx.profile
@@ -290,13 +291,13 @@ class Landscape(Stage):
         require_differentiable(ctx.explainer, "loss landscape")
         expl, ce = self.calls(ctx)
         pairs = ordered_pairs(ctx.images.shape[0])
-        g = torch.Generator().manual_seed(ctx.seed)
-        pick = pairs[torch.randperm(len(pairs), generator=g)[:ctx.profile.landscape_pairs]]
+        g = ctx.generator(self.name)  # one stream: the pair sample, then both directions
+        order = torch.randperm(len(pairs), generator=g, device=g.device).cpu()
+        pick = pairs[order[:ctx.profile.landscape_pairs]]
         return {"gammas": self.gammas(ctx), "pairs": pick,
                 "explanation": expl(ctx.model, ctx.explainer, ctx.images, pick,
-                                    generator=ctx.generator("landscape/explanation")).cpu(),
-                "cross_entropy": ce(ctx.model, ctx.images, ctx.labels,
-                                    generator=ctx.generator("landscape/cross_entropy")).cpu()}
+                                    generator=g).cpu(),
+                "cross_entropy": ce(ctx.model, ctx.images, ctx.labels, generator=g).cpu()}
 
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
         return Summary({"landscape": {
