@@ -132,3 +132,60 @@ def test_user_checkpoint_is_scored_and_recorded(first_run, dirs, tmp_path, digit
                      checkpoint_sha256="0" * 64, out=tmp_path / "r2", progress=False,
                      cache_root=cache, device="cpu")
     json.loads(res.path.read_text())
+
+
+def test_entry_records_the_parameters_the_code_used(first_run, dirs, monkeypatch, tmp_path):
+    import xrbench.metrics.retrieval as ret
+
+    cache, _ = dirs
+    p = first_run.entry["protocol"]["parameters"]
+    m = p["manipulation"]
+    assert (m["map_prefactor"], m["output_prefactor"]) == (1e11, 1e6)  # Dombrowski reference
+    assert (m["iterations"], m["lr"]) == (PROFILE.manipulation_iterations,
+                                          PROFILE.manipulation_lr)
+    assert m["eps"] is None and m["trace_points"] == [0.1, 0.5, 1.0]
+    relex = p["retrieval"]["relex"]
+    assert (relex["iterations"], relex["samples"]) == (PROFILE.relex_iterations,
+                                                       PROFILE.relex_samples)
+    assert (relex["lr"], relex["momentum"], relex["noise_level"]) == (0.1, 0.99, 0.1)
+    assert p["accuracy"] == {"eps": 0.3, "steps": 10, "step_size": 0.075, "random_start": True,
+                             "n_images": 200}
+    assert p["subset"] == {"clusters": 10, "per_cluster": 2, "n_images": 20, "pairs": 380}
+    # change defaults in the code that runs: the entry records the new values, the stages
+    # that use them are recomputed (their cache key holds their parameters), and the
+    # numbers move with them, so the record cannot disagree with what ran
+    monkeypatch.setitem(manip.manipulate.__kwdefaults__, "map_prefactor", 5e10)
+    monkeypatch.setitem(ret.relex_mask.__kwdefaults__, "lr", 0.05)
+    res = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=tmp_path,
+                       progress=False, cache_root=cache, device="cpu")
+    p2 = res.entry["protocol"]["parameters"]
+    assert p2["manipulation"]["map_prefactor"] == 5e10 and p2["retrieval"]["relex"]["lr"] == 0.05
+    assert {"manipulation", "retrieval"}.isdisjoint(res.reused_stages)
+    assert {"accuracy", "rps", "insertion"} <= set(res.reused_stages)
+    assert res.entry["metrics"]["expl_end"] != first_run.entry["metrics"]["expl_end"]
+    assert res.entry["metrics"]["insertion"] == first_run.entry["metrics"]["insertion"]
+
+
+def test_per_example_values_are_kept_beside_the_entry(first_run):
+    import numpy as np
+
+    from xrbench.leaderboard.examples import examples_path, read_examples
+
+    e = first_run.entry
+    assert e["examples"]["file"] == examples_path(first_run.path).name == "normal-s0.examples.npz"
+    ex = read_examples(first_run.path, e)  # sha256-checked, allow_pickle=False
+    assert set(ex) == set(first_run.examples)
+    m = e["metrics"]
+    end = ex["manipulation/expl_end"].astype(np.float64)
+    assert end.shape == (380,) and end.mean() == pytest.approx(m["expl_end"]["value"], rel=1e-9)
+    pairs = ex["manipulation/pairs"]
+    assert (pairs[:, 0] != pairs[:, 1]).all() and len({tuple(r) for r in pairs}) == 380
+    assert 100 * ex["accuracy/pgd_correct"].mean() == pytest.approx(m["pgd_acc"]["value"])
+    assert ex["accuracy/clean_correct"].shape == (m["clean_acc"]["n"],)
+    assert ex["rps/cosine/8/255"].astype(np.float64).mean() == pytest.approx(
+        m["rps"]["cosine"]["8/255"]["value"], rel=1e-6)
+    assert ex["insertion/scores"].shape == (20,)
+    hits = ex["retrieval/hits/relex_adv_mask"]
+    assert hits.shape == (3, 20) and hits.dtype == bool
+    assert hits[1].mean() == pytest.approx(m["retrieval"]["relex_adv_mask"]["0.2"]["value"])
+    assert ex["landscape/explanation"].shape == (5, 20)  # (gammas, sampled pairs)

@@ -45,7 +45,7 @@ def test_create_drops_none_kwargs():
 
 def _fake_distribution(tmp_path: Path, dist: str, group: str, name: str, target: str) -> None:
     """A real installed-distribution layout: a .dist-info folder with entry_points.txt."""
-    info = tmp_path / f"{dist}-1.0.dist-info"
+    info = tmp_path / f"{dist.replace('-', '_')}-1.0.dist-info"  # as wheels name it
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[{group}]\n{name} = {target}\n")
@@ -103,3 +103,80 @@ def test_autoload_can_be_disabled(plugin_path, monkeypatch):
 
 def test_builtin_defense_registered():
     assert "normal" in defenses.names()
+
+
+def _write_plugin(plugin_path: Path, dist: str, name: str, body: str) -> None:
+    module = dist.replace("-", "_")
+    (plugin_path / f"{module}.py").write_text(textwrap.dedent(body))
+    _fake_distribution(plugin_path, dist, "xrbench.defenses", name, f"{module}:Thing")
+
+
+_DEFENSE = '''
+    import torch.nn.functional as F
+    from xrbench.defenses.base import Defense, Recipe
+
+    class Thing(Defense):
+        """cross-entropy again (test plugin)"""
+        Recipe = Recipe
+        def loss(self, model, x, y):
+            return F.cross_entropy(model(x), y)
+'''
+
+
+def test_plugin_that_reuses_a_builtin_name_is_an_error_naming_both(plugin_path, monkeypatch):
+    _write_plugin(plugin_path, "xr-fake-plugin-normal", "normal", _DEFENSE)
+    monkeypatch.setattr(defenses, "_plugins_loaded", False)  # look at the entry points again
+    with pytest.raises(XRBenchError) as err:
+        defenses.get("normal")
+    msg = str(err.value)
+    assert "duplicate defense name 'normal'" in msg
+    assert "xrbench (built-in)" in msg and "'xr-fake-plugin-normal'" in msg
+
+
+def test_two_plugins_with_one_name_is_an_error_naming_both(plugin_path):
+    _write_plugin(plugin_path, "xr-fake-plugin-one", "twin", _DEFENSE)
+    _write_plugin(plugin_path, "xr-fake-plugin-two", "twin", _DEFENSE)
+    reg: Registry = Registry("defenses")
+    reg.check = defenses.check
+    with pytest.raises(XRBenchError, match="'xr-fake-plugin-(one|two)'.*'xr-fake-plugin-(one|two)'"):
+        reg.names()
+
+
+def test_plugin_clash_on_the_command_line_is_one_line_and_exit_2(plugin_path):
+    import os
+    import subprocess
+
+    _write_plugin(plugin_path, "xr-fake-plugin-normal", "normal", _DEFENSE)
+    env = {**os.environ, "PYTHONPATH": str(plugin_path)}
+    env.pop("XRBENCH_DISABLE_PLUGIN_AUTOLOAD", None)
+    run = subprocess.run([sys.executable, "-m", "xrbench.cli", "list", "defenses"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "xr-fake-plugin-normal" in lines[0] and "built-in" in lines[0]
+
+
+def test_a_registered_defense_must_subclass_defense(plugin_path):
+    _write_plugin(plugin_path, "xr-fake-plugin-func", "func", '''
+        def Thing(model, x, y):
+            return 0.0
+    ''')
+    reg: Registry = Registry("defenses")
+    reg.check = defenses.check
+    with pytest.raises(XRBenchError, match="'func' must be a subclass of .*Defense"):
+        reg.names()
+
+
+def test_a_defense_is_named_by_its_registration_only(plugin_path):
+    _write_plugin(plugin_path, "xr-fake-plugin-named", "smooth", _DEFENSE)
+    reg: Registry = Registry("defenses")
+    reg.check = defenses.check
+    assert reg.get("smooth").name == "smooth"  # the entry point's name, set by the registry
+    assert defenses.get("sep_neg").name == "sep_neg"  # built-ins too
+    from xrbench.defenses.base import Defense
+
+    class Stated(Defense):
+        name = "other"
+
+    with pytest.raises(XRBenchError, match="states name 'other' but is registered as 'mine'"):
+        reg.add("mine", Stated)
