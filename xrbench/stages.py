@@ -47,8 +47,13 @@ class Stage:
     name: ClassVar[str]
     version: ClassVar[int]
 
-    def params(self, ctx: RunContext) -> dict[str, Any]:
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        """The stage's metric or attack function with its protocol arguments bound."""
         raise NotImplementedError
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        """The protocol parameters, by default those of :meth:`call`."""
+        return self.call(ctx).params()
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         raise NotImplementedError
@@ -135,9 +140,6 @@ class RPS(Stage):
         return ProtocolCall.bind(rps.rps, eps=tuple(ctx.card.rps_eps),
                                  draws=ctx.profile.rps_draws)
 
-    def params(self, ctx: RunContext) -> dict[str, Any]:
-        return self.call(ctx).params()
-
     def run(self, ctx: RunContext) -> dict[str, Any]:
         # the noise is drawn on the CPU: then batch size and device never change a number
         values = self.call(ctx)(ctx.model, ctx.explainer, ctx.images, ctx.labels,
@@ -167,9 +169,6 @@ class Insertion(Stage):
 
         return ProtocolCall.bind(insertion.insertion)
 
-    def params(self, ctx: RunContext) -> dict[str, Any]:
-        return self.call(ctx).params()
-
     def run(self, ctx: RunContext) -> dict[str, Any]:
         return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
                                          ctx.labels).cpu()}
@@ -195,9 +194,6 @@ class AdvInsertion(Stage):
         iterations = ctx.profile.adv_insertion_iterations
         return ProtocolCall.bind(insertion.adv_insertion, eps=eps, iterations=iterations,
                                  lr=frame_lr(eps, iterations))
-
-    def params(self, ctx: RunContext) -> dict[str, Any]:
-        return self.call(ctx).params()
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
@@ -321,9 +317,6 @@ class Manipulation(Stage):
         p = ctx.profile
         return ProtocolCall.bind(manipulation.manipulate, iterations=p.manipulation_iterations,
                                  lr=p.lr_for(ctx.card))
-
-    def params(self, ctx: RunContext) -> dict[str, Any]:
-        return self.call(ctx).params()
 
     def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
         return ctx.cached(self.name, ctx.key(self.name, self.version, params),
