@@ -20,9 +20,8 @@ Choices (the protocol or the reference is silent):
   so each image's trajectory does not depend on its batch.
 - Border width ``round(5 * S / 32)`` rounds halves up (S = 16 gives 3), at least 1; S = 8
   gives 1, 28 gives 4, 32 gives 5, 64 gives 10, 224 gives 35.
-- The attack shares the manipulation's loop and attack model
-  (:func:`xrbench.attacks.manipulation.adam_attack`, :func:`~xrbench.attacks.manipulation.attack_copy`):
-  it differentiates the frozen inference copy (BatchNorm folded; the same function up to
+- The attack shares the manipulation's loop and attack model (``adam_attack`` and
+  ``attack_copy`` of :mod:`xrbench.attacks.manipulation`): it differentiates the frozen inference copy (BatchNorm folded; the same function up to
   float32 rounding). ReLU models: that copy has the Softplus surrogate of PROTOCOL section 0
   (beta 10 to 100, geometric); the reference uses a fixed beta 20. Clean logits come from
   the original model.

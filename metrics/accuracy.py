@@ -38,8 +38,8 @@ def accuracy_under_pgd(
 
     eps: L-inf radius in pixel units (0.3 grey, 8/255 RGB); ``steps`` PGD steps of size
     ``step_size`` (default ``2.5 * eps / steps``), from a uniform random start in the ball
-    unless ``random_start`` is False. ``generator`` draws the random starts; it must live on the model's
-    device; default ``torch.Generator(device).manual_seed(0)``. Returns ``clean_correct`` and
+    unless ``random_start`` is False. ``generator`` draws the random starts; it must live on
+    the model's device; default ``torch.Generator(device).manual_seed(0)``. Returns ``clean_correct`` and
     ``pgd_correct`` (N,) bool (CPU), ``indices`` (N,) int64, ``clean_acc`` and ``pgd_acc`` in
     percent, and the attack ``params``.
     """

@@ -138,7 +138,8 @@ def test_two_plugins_with_one_name_is_an_error_naming_both(plugin_path):
     _write_plugin(plugin_path, "xr-fake-plugin-two", "twin", _DEFENSE)
     reg: Registry = Registry("defenses")
     reg.check = defenses.check
-    with pytest.raises(XRBenchError, match="'xr-fake-plugin-(one|two)'.*'xr-fake-plugin-(one|two)'"):
+    both = "'xr-fake-plugin-(one|two)'.*'xr-fake-plugin-(one|two)'"
+    with pytest.raises(XRBenchError, match=both):
         reg.names()
 
 

@@ -106,8 +106,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              retrain: bool = False, force: bool = False, progress: bool = True,
              beta: float = DEFAULT_BETA, cache_root: Path | None = None) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
-    and write its JSON entry to ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``
-    with its per-example values beside it.
+    and write its JSON entry to
+    ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, with its
+    per-example values beside it (``...-s<seed>.examples.npz``).
 
     ``checkpoint`` scores user-supplied weights (a state dict for ``model``) instead of
     training; its sha256 is checked against ``checkpoint_sha256`` or its sidecar JSON.
@@ -174,7 +175,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
 
 
 def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "auto",
-           data_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
+           data_dir: str | os.PathLike[str] | None = None,
+           out: str | os.PathLike[str] | None = None,
            rebuild: bool = False, progress: bool = True, cache_root: Path | None = None
            ) -> tuple[dict[str, Any], str]:
     """The frozen subset manifest of ``dataset`` at ``profile``'s size (PROTOCOL 4): the

@@ -31,8 +31,9 @@ from .utils import atomic_write_bytes, cache_dir, generator, hash_config
 
 log = logging.getLogger(__name__)
 
-#: keyword arguments that change how fast or where a computation runs, never its result
-#: (or that carry runtime state): never recorded as protocol parameters
+#: keyword arguments that are not protocol parameters: they change how fast a computation
+#: runs, never its result (batch sizes), carry runtime state (generators, progress hooks),
+#: or are the run's inputs passed at call time (indices, dataset card)
 RUNTIME_ARGUMENTS = frozenset({
     "generator", "progress", "batch_size", "attack_batch", "max_batch_pixels", "pair_batch",
     "on_chunk", "on_chunk_done", "chunk_store", "keep_x_adv", "indices", "seed", "card"})
