@@ -10,6 +10,7 @@ so an overridden recipe never masquerades as the reference.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,13 +30,62 @@ def is_small_model(model_name: str) -> bool:
     return model_name in ("convnet", "lenet")
 
 
+#: allowed values of recipe fields, by field name (the names recipes share): (lowest,
+#: highest, whether the lowest is allowed, unit/meaning). Every number must also be finite.
+RANGES: dict[str, tuple[float | None, float | None, bool, str]] = {
+    "epochs": (1, None, True, "passes over the training split"),
+    "batch_size": (2, None, True, "images per step (BatchNorm needs 2)"),
+    "lr": (0, None, False, "Adam learning rate"),
+    "eps": (0, 1, True, "L-inf radius in pixel units"),
+    "pgd_steps": (0, None, True, "attack iterations"),
+    "pgd_step_factor": (0, None, False, "step = factor * eps / steps"),
+    "beta": (0, None, True, "TRADES KL weight"),
+    "start_std": (0, None, True, "pixel units"),
+    "sigma": (0, None, True, "noise std, pixel units"),
+    "reg_warmup_epochs": (0, None, True, "epochs"),
+    "reg_ramp_epochs": (0, None, True, "epochs"),
+    "lambda_l2": (0, None, True, "regulariser weight"),
+    "lambda_cos": (0, None, True, "regulariser weight"),
+}
+
+
+def _range_text(lo: float | None, hi: float | None, lo_incl: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_incl else '>'} {lo:g}")
+    if hi is not None:
+        parts.append(f"<= {hi:g}")
+    return " and ".join(parts) or "finite"
+
+
 @dataclass(frozen=True)
 class Recipe:
-    """The common trainer (SEP paper, section 5.1)."""
+    """The common trainer (SEP paper, section 5.1).
+
+    Every field is checked where it enters (:data:`RANGES` by field name, every float finite),
+    so ``--set lr=-1`` or ``--epochs 0`` is one clear error before anything trains.
+    """
 
     epochs: int = 25  # passes over the training split
     batch_size: int = 64  # images per step
     lr: float = 1e-3  # Adam learning rate
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or isinstance(value, (bool, str)):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise XRBenchError(f"recipe field {f.name!r} = {value!r} of "
+                                   f"{type(self).__qualname__} must be a finite number")
+            if f.name not in RANGES or not isinstance(value, (int, float)):
+                continue
+            lo, hi, lo_incl, what = RANGES[f.name]
+            ok = ((lo is None or value > lo or (lo_incl and value == lo))
+                  and (hi is None or value <= hi))
+            if not ok:
+                raise XRBenchError(f"recipe field {f.name!r} = {value!r} is out of range: it "
+                                   f"must be {_range_text(lo, hi, lo_incl)} ({what})")
 
     def resolve(self, card: DatasetCard, model_name: str) -> "Recipe":
         """Fill dataset- or model-dependent ``None`` fields; the base has none."""

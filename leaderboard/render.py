@@ -10,6 +10,7 @@ null metric prints as an en dash.
 
 from __future__ import annotations
 
+import html
 from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -43,9 +44,10 @@ def _num(x: Any) -> float | None:
 
 
 def escape(text: Any) -> str:
-    """A user-provided name made safe for one markdown table cell or heading line: pipes
-    escaped, line breaks turned into spaces."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """A user-provided name made safe for one markdown table cell or heading line: ``&``,
+    ``<`` and ``>`` as HTML entities (markdown viewers render inline HTML, so a defense called
+    ``<script>`` must stay text), pipes escaped, line breaks turned into spaces."""
+    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
 
 
 def group_key(entry: Mapping[str, Any]) -> GroupKey:

@@ -248,6 +248,6 @@ def load_entries(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     root = Path(results_dir)
     if not root.is_dir():
         raise XRBenchError(f"results folder not found: {root}")
-    files = sorted(p for p in root.rglob("*.json")
-                   if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files = sorted(p for p in root.rglob("*.json") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
     return [read_entry(p) for p in files]

@@ -8,6 +8,7 @@ comes back; :mod:`xrbench.leaderboard` turns results into JSON files and tables.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ def train(dataset: str = "digits", model: str = "convnet", defense: str = "norma
     """
     from .registry import defenses, models
 
+    check_seed(seed)
     defenses.get(defense)
     models.get(model)
     dev = resolve_device(device)
@@ -59,6 +61,30 @@ class Result:
     written: bool
     reused_stages: list[str]
     examples: dict[str, Any]
+
+
+def check_seed(seed: int) -> None:
+    """Seeds are non-negative integers (torch generators take no others)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise XRBenchError(f"seed {seed!r} is out of range: it must be an integer >= 0")
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail before any long work when ``folder`` cannot take results: it is (or lies under)
+    a file, or it cannot be created or written. Creates it if needed."""
+    for parent in (folder, *folder.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise XRBenchError(f"cannot write results under {folder}: {parent} is a file, "
+                                   "not a folder; pass --out with a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".xrbench-write-check-"):
+            pass
+    except OSError as exc:
+        raise XRBenchError(f"cannot write results to {folder} ({exc.strerror or exc}); pass "
+                           "--out with a writable folder") from None
 
 
 def default_results_dir() -> Path:
@@ -125,6 +151,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .subset import get_manifest
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
+    check_seed(seed)
+    out_dir = Path(out).expanduser() if out is not None else default_results_dir()
+    check_output_folder(out_dir)  # before hours of work, not after
     defenses.get(defense)
     models.get(model)
     explainers.get(explainer)
@@ -169,32 +198,49 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
                         manifest=manifest, defense=defense_info, checkpoint=ckpt_info,
                         model_info=model_info)
     examples = flatten(outputs)
-    done = write_entry(entry_path(Path(out) if out is not None else default_results_dir(),
-                                  entry), entry, overwrite=force, examples=examples)
+    path = entry_path(out_dir, entry)
+    try:
+        done = write_entry(path, entry, overwrite=force, examples=examples)
+    except OSError as exc:  # the folder went away or became read-only during the run
+        rescue = entry_path((cache_root or cache_dir()) / "unsaved-results", entry)
+        write_entry(rescue, entry, overwrite=True, examples=examples)
+        raise XRBenchError(f"could not write {path} ({exc.strerror or exc}); the entry was "
+                           f"saved to {rescue} instead (copy it where it belongs)") from None
     return Result(done.entry, done.path, done.written, ctx.reused_stages, examples)
 
 
 def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "auto",
            data_dir: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] | None = None,
-           rebuild: bool = False, progress: bool = True, cache_root: Path | None = None
-           ) -> tuple[dict[str, Any], str]:
+           rebuild: bool = False, force: bool = False, progress: bool = True,
+           cache_root: Path | None = None) -> tuple[dict[str, Any], str]:
     """The frozen subset manifest of ``dataset`` at ``profile``'s size (PROTOCOL 4): the
-    shipped or cached one, else built; ``out`` writes it to that file too. Returns (manifest,
-    where it came from)."""
+    shipped or cached one, else built; ``out`` writes it to that file too (an existing file
+    only with ``force``). Returns (manifest, where it came from)."""
     from .subset import get_manifest
 
+    if out is not None and Path(out).exists() and not force:
+        raise XRBenchError(f"{out} exists; pass --force to overwrite it, or another --out")
     prof = get_profile(profile)
     ds = load_dataset(dataset, data_dir)
     return get_manifest(ds, prof.per_cluster, resolve_device(device), progress=progress,
                         rebuild=rebuild, out=Path(out) if out else None, cache_root=cache_root)
 
 
-def leaderboard(results: str | os.PathLike[str]) -> tuple[str, int]:
-    """Markdown tables of every entry below ``results``: (text, number of entries)."""
+def published_results_dir() -> Path:
+    """The folder of the published entries shipped with the package."""
+    from importlib import resources
+
+    return Path(str(resources.files("xrbench.leaderboard").joinpath("results")))
+
+
+def leaderboard(results: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+    """Markdown tables of every entry below ``results`` (default: the published entries
+    shipped with the package): (text, number of entries)."""
     from .leaderboard.render import render_markdown
     from .leaderboard.schema import load_entries
 
+    results = published_results_dir() if results is None else results
     entries = load_entries(Path(results))
     if not entries:
         raise XRBenchError(f"no entries (*.json) found under {results}")

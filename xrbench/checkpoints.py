@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .errors import XRBenchError
-from .utils import atomic_write_bytes, cache_dir, hash_config, read_json, sha256_bytes, sha256_file, write_json
+from .utils import (atomic_write_bytes, cache_dir, hash_config, read_json_object, sha256_bytes,
+                    sha256_file, write_json)
 
 FORMAT_VERSION = 1
 
@@ -83,16 +84,22 @@ def verified_load(path: str | os.PathLike[str], expected_sha256: str | None = No
     file or an unreadable one is an :class:`XRBenchError`. Returns (object, sha256).
     """
     path = Path(path)
+    if path.is_dir():
+        raise XRBenchError(f"checkpoint {path} is a folder; pass the weights file itself")
     if not path.is_file():
         raise XRBenchError(f"checkpoint not found: {path}")
     digest = sha256_file(path)
-    if expected_sha256 is None and sidecar_path(path).is_file():
-        expected_sha256 = read_json(sidecar_path(path)).get("sha256")
+    given = expected_sha256 is not None
+    if not given and sidecar_path(path).is_file():
+        expected_sha256 = read_json_object(sidecar_path(path), "checkpoint sidecar").get("sha256")
     if expected_sha256 is not None and digest != expected_sha256:
+        where = "the sha256 you gave" if given else f"its sidecar {sidecar_path(path).name}"
+        advice = ("check that you passed the right file and digest" if given else
+                  "if xrbench trained it, delete it and retrain (--retrain); if it is your "
+                  "own file, fix or remove the sidecar")
         raise XRBenchError(
-            f"checkpoint {path} is corrupt or was changed: sha256 {digest[:12]}... does not "
-            f"match the recorded {str(expected_sha256)[:12]}...; delete it and retrain "
-            "(--retrain)"
+            f"checkpoint {path} is corrupt or was changed: its sha256 {digest[:12]}... does "
+            f"not match {where} ({str(expected_sha256)[:12]}...); {advice}"
         )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -113,15 +120,17 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str],
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise XRBenchError(f"checkpoint {path} does not fit this model: {first}; check "
+        detail = " ".join(str(exc).split())
+        detail = detail.split(":", 1)[-1].strip() if detail.startswith("Error(s)") else detail
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise XRBenchError(f"checkpoint {path} does not fit this model ({detail}); check "
                            "--model and --dataset") from exc
     return digest
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
     side = sidecar_path(path)
-    return read_json(side) if side.is_file() else None
+    return read_json_object(side, "checkpoint sidecar") if side.is_file() else None
 
 
 def save_partial(path: Path, payload: dict[str, Any]) -> None:

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "unless --rebuild.")
     p.add_argument("--dataset", default="digits")
     p.add_argument("--profile", default="quick", choices=list(PROFILES))
-    p.add_argument("--out", default=None, metavar="FILE", help="write the manifest here")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="write the manifest here too (an existing file only with --force)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--rebuild", action="store_true", help="build even if one exists")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
@@ -115,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="render markdown tables from a folder of entries",
                        description="One markdown table per (dataset, model, explainer, "
                                    "profile, protocol version), rows sorted by Expl@end.")
-    p.add_argument("--results", required=True, metavar="DIR", help="folder of JSON entries")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="folder of JSON entries (default: the published entries shipped "
+                        "with xrbench)")
     p.add_argument("--output", default=None, metavar="FILE",
                    help="write the markdown here (default: print it)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
@@ -207,7 +211,7 @@ def _cmd_subset(args: argparse.Namespace) -> int:
 
     manifest, where = api.subset(args.dataset, args.profile, device=args.device,
                                  data_dir=args.data_dir, out=args.out, rebuild=args.rebuild,
-                                 progress=not args.quiet)
+                                 force=args.force, progress=not args.quiet)
     v = manifest["validity"]
     print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
           f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "

@@ -128,8 +128,19 @@ class LazyImageSplit:
     def targets(self) -> torch.Tensor:
         return self._targets
 
+    def _image(self, i: int) -> torch.Tensor:
+        """One image as (3, size, size) in [0, 1]. A file that cannot be decoded is an error
+        naming it, not a skip: skipping would silently change the split, and with it every
+        index of the subset manifest."""
+        path = self.folder.samples[i][0]
+        try:
+            return self.transform(self.folder.loader(path))
+        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            raise XRBenchError(f"imagefolder: cannot read image {path} ({type(exc).__name__}: "
+                               f"{exc}); fix or remove the file") from None
+
     def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = [self.transform(self.folder.loader(self.folder.samples[int(i)][0])) for i in indices]
+        xs = [self._image(int(i)) for i in indices]
         return torch.stack(xs), self._targets[indices]
 
 

@@ -73,18 +73,34 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
-    """Read a JSON file; a missing or malformed file is an :class:`XRBenchError`."""
+    """Read a JSON file; a missing, unreadable, non-UTF-8 or malformed file is an
+    :class:`XRBenchError` naming it."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise XRBenchError(f"file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise XRBenchError(f"{path} is a folder, not a JSON file") from exc
+    except UnicodeDecodeError as exc:
+        raise XRBenchError(f"{path} is not UTF-8 text (byte {exc.start}); is it really a "
+                           "JSON file?") from exc
+    except OSError as exc:
+        raise XRBenchError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise XRBenchError(
             f"malformed JSON in {path} (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from exc
+
+
+def read_json_object(path: str | os.PathLike[str], what: str = "JSON file") -> dict[str, Any]:
+    """:func:`read_json` for files that must hold one JSON object (an entry, a sidecar...)."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise XRBenchError(f"{what} {path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
 
 
 def sha256_bytes(data: bytes) -> str:
