@@ -104,8 +104,11 @@ def verified_load(path: str | os.PathLike[str], expected_sha256: str | None = No
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickle errors, truncated zip, ...
-        raise XRBenchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                           "it may be truncated or not a torch file") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise XRBenchError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); "
+                           "it may be truncated, not a torch file, or hold objects other than "
+                           "tensors (xrbench loads with weights_only=True and never runs code "
+                           "from a file)") from exc
     return obj, digest
 
 

@@ -56,10 +56,18 @@ def _add_common(p: argparse.ArgumentParser, *, defense_default: str | None = "no
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit 2), like every other
+    error of the command line; ``--help`` shows the usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"xrbench: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .protocol import PROFILES
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xrbench", description=MAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -263,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         return int(COMMANDS[args.command](args) or 0)
     except XRBenchError as exc:
-        print(f"xrbench: error: {exc}", file=sys.stderr)
+        print(f"xrbench: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("xrbench: interrupted; finished stages are cached, run the same command again "
