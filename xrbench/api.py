@@ -7,6 +7,7 @@ comes back; :mod:`xrbench.leaderboard` turns results into JSON files and tables.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -22,6 +23,8 @@ from .models import DEFAULT_BETA
 from .protocol import PROTOCOL_VERSION, Profile, get_profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, hash_config, resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def train(dataset: str = "digits", model: str = "convnet", defense: str = "normal", *,
@@ -188,6 +191,11 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         params[stage.name] = stage.params(ctx)
         outputs[stage.name] = stage.execute(ctx, params[stage.name])
         summary = stage.summarize(ctx, outputs[stage.name])
+        if stage.name in ctx.reused_stages:
+            log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,
+                     ctx.timing[stage.name])
+        else:
+            log.info("%s: computed in %.1f s", stage.name, ctx.timing[stage.name])
         metrics.update(summary.metrics)
         flags.update(summary.flags)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training

@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal: piped to a file, a bar is hundreds of lines of
+    frames; there the log gets one line per finished stage instead (see ``main``)."""
+    return not args.quiet and sys.stderr.isatty()
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from . import registry
 
@@ -155,7 +161,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     trained = api.train(dataset=args.dataset, model=args.model, defense=args.defense,
                         seed=args.seed, overrides=overrides, device=args.device,
-                        data_dir=args.data_dir, retrain=args.retrain, progress=not args.quiet)
+                        data_dir=args.data_dir, retrain=args.retrain, progress=_bars(args))
     meta = trained.meta
     state = "reused cached checkpoint" if trained.reused else "trained"
     print(f"{state}: {trained.path}")
@@ -182,14 +188,30 @@ def summary_table(entry: dict) -> str:
     from .stages import STAGES
 
     m = entry["metrics"]
-    rows = [(label, *_fmt(metric, scale, digits))
-            for stage in STAGES for label, metric, scale, digits in stage.rows(m)]
+    rows, last = [], None
+    for stage in sorted(STAGES, key=lambda s: s.summary_rank):
+        for r in stage.rows(m):
+            rows.append((r.label, *_fmt(r.metric, r.scale, r.digits), r.better,
+                         "" if r.meaning == last else r.meaning))
+            last = r.meaning
     flags = [k for k, v in entry.get("flags", {}).items() if v]
     head = (f"{entry['defense']['name']} on {entry['dataset']['name']} / {entry['model']['name']}"
             f" / {entry['explainer']['name']} / profile {entry['protocol']['profile']} / seed "
             f"{entry['seed']}" + (f"   flags: {', '.join(flags)}" if flags else ""))
-    return head + "\n" + tabulate(rows, headers=["metric", "value", "95% CI"],
-                                  tablefmt="simple")
+    notes = [FLAG_NOTES[f] for f in flags if f in FLAG_NOTES]
+    return "\n".join([head, tabulate(rows, headers=["metric", "value", "95% CI", "better",
+                                                    "meaning"], tablefmt="simple",
+                                 disable_numparse=True,
+                                 colalign=("left", "right", "left", "left", "left")), *notes])
+
+
+FLAG_NOTES = {
+    "not_converged": "note: not_converged: the manipulation's loss was still falling at the end "
+                     "of its fixed budget; expected at the protocol's budget (Expl@end is a "
+                     "fixed-budget number, docs/protocol.md)",
+    "degenerate": "note: degenerate: clean accuracy is below twice chance; the explanation "
+                  "metrics of such a model say little",
+}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -203,7 +225,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        out=args.out, checkpoint=args.checkpoint,
                        checkpoint_sha256=args.checkpoint_sha256, overrides=overrides,
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
-                       force=args.force, progress=not args.quiet)
+                       force=args.force, progress=_bars(args))
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.entry["timing"].items())
     print(f"stage wall time: {timing}")
@@ -219,7 +241,7 @@ def _cmd_subset(args: argparse.Namespace) -> int:
 
     manifest, where = api.subset(args.dataset, args.profile, device=args.device,
                                  data_dir=args.data_dir, out=args.out, rebuild=args.rebuild,
-                                 force=args.force, progress=not args.quiet)
+                                 force=args.force, progress=_bars(args))
     v = manifest["validity"]
     print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
           f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "
@@ -261,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        if not getattr(args, "quiet", True) and not sys.stderr.isatty():
+            logging.getLogger("xrbench.api").setLevel(logging.INFO)  # a line per stage
         if args.version:
             from . import __version__
 

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import Dataset
 from .errors import XRBenchError
@@ -182,10 +181,6 @@ class RunContext:
         and seed (:func:`metric`)."""
         return metric(values, self.profile.bootstrap_resamples, self.seed, groups=groups,
                       scale=scale, median=median)
-
-    def bar(self, total: int, desc: str, unit: str = "it") -> tqdm:
-        return tqdm(total=total, desc=desc, disable=not self.progress, unit=unit,
-                    dynamic_ncols=True)
 
 
 def metric(values: torch.Tensor, n_resamples: int, seed: int, groups: torch.Tensor | None = None,
