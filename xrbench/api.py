@@ -22,7 +22,7 @@ from .errors import XRBenchError
 from .models import DEFAULT_BETA
 from .protocol import PROTOCOL_VERSION, Profile, get_profile
 from .train import TrainedModel, get_trained_model
-from .utils import cache_dir, hash_config, resolve_device
+from .utils import cache_dir, file_lock, hash_config, lock_path, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     examples = flatten(outputs)
     path = entry_path(out_dir, entry)
     try:
-        done = write_entry(path, entry, overwrite=force, examples=examples)
+        with file_lock(lock_path(path)):
+            done = write_entry(path, entry, overwrite=force, examples=examples)
     except OSError as exc:  # the folder went away or became read-only during the run
         rescue = entry_path((cache_root or cache_dir()) / "unsaved-results", entry)
         write_entry(rescue, entry, overwrite=True, examples=examples)

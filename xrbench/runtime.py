@@ -26,7 +26,7 @@ from .data import Dataset
 from .errors import XRBenchError
 from .explainers import Explainer
 from .protocol import Profile
-from .utils import atomic_write_bytes, cache_dir, generator, hash_config
+from .utils import atomic_write_bytes, cache_dir, file_lock, generator, hash_config, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,15 @@ class RunContext:
                ) -> dict[str, Any]:
         """``fn()``'s output, from the cache when present; records time and reuse."""
         path = self.cache.path(stage, key)
-        out = self.cache.load(path)
-        if out is not None:
-            self.reused_stages.append(stage)
-        else:
-            t0 = time.perf_counter()
-            out = fn()
-            out["_seconds"] = time.perf_counter() - t0
-            self.cache.save(path, out)
+        with file_lock(lock_path(path)):  # a second run of the same key waits, then reuses
+            out = self.cache.load(path)
+            if out is not None:
+                self.reused_stages.append(stage)
+            else:
+                t0 = time.perf_counter()
+                out = fn()
+                out["_seconds"] = time.perf_counter() - t0
+                self.cache.save(path, out)
         self.timing[stage] = round(float(out.get("_seconds", 0.0)), 3)
         return out
 

@@ -24,7 +24,7 @@ from .data import Dataset, ImageSplit
 from .errors import XRBenchError
 from .models import DEFAULT_BETA, XRModel, create_model
 from .registry import defenses
-from .utils import generator
+from .utils import file_lock, generator, lock_path
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,19 @@ def get_trained_model(dataset: Dataset, model_name: str = "convnet", defense_nam
     key = CheckpointKey(card.name, model_cfg, defense_name, recipe.to_dict(), seed)
     path = key.path(cache_root)
 
+    # one process trains a key at a time; a second one waits, then reuses the checkpoint
+    with file_lock(lock_path(path)):
+        return _load_or_train(dataset, model_name, defense_cls, defense_name, recipe, key,
+                              path, seed=seed, device=device, retrain=retrain,
+                              progress=progress, beta=beta)
+
+
+def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_name: str,
+                   recipe: Any, key: CheckpointKey, path: Path, *, seed: int,
+                   device: torch.device, retrain: bool, progress: bool, beta: float
+                   ) -> TrainedModel:
+    card = dataset.card
+    model_cfg = key.model
     torch.manual_seed(seed)
     model = create_model(model_name, card, beta=beta).to(device)
     meta = read_sidecar(path) if path.is_file() else None

@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -31,6 +32,36 @@ def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
         return Path(override).expanduser()
     env = os.environ.get("XRBENCH_DATA")
     return Path(env).expanduser() if env else cache_dir() / "data"
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on the file ``path`` (created if needed) for the block.
+
+    Two processes that need the same cached result (two ``evaluate`` runs of one key) take
+    turns: the second waits, then finds the first one's result instead of computing it again.
+    The kernel releases the lock when its process dies, even by SIGKILL, so a killed run never
+    leaves a stale lock. No-op where ``fcntl`` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """``dir/name`` -> ``dir/.name.lock``: the lock that guards ``path``."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
 
 
 def _umask() -> int:
