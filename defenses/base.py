@@ -10,7 +10,9 @@ so an overridden recipe never masquerades as the reference.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -111,6 +113,24 @@ class Recipe:
                 )
             kwargs[key] = _convert(raw, fields[key], cls)
         return cls(**kwargs)
+
+
+def field_notes(cls: type) -> dict[str, str]:
+    """The comment written beside each recipe field in its class body (unit, default rule,
+    source), read from the source of ``cls`` and its bases; ``{}`` where there is no source."""
+    notes: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        for line in lines:
+            m = re.match(r"\s+(\w+)\s*:[^=#]*=[^#]*#\s*(.+)$", line)
+            if m:
+                notes[m.group(1)] = m.group(2).strip()
+    return notes
 
 
 def _convert(raw: Any, field: dataclasses.Field, cls: type) -> Any:

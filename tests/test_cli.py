@@ -63,3 +63,23 @@ def test_leaderboard_on_missing_folder_is_an_error(capsys, tmp_path):
 def test_no_command_prints_help(capsys):
     code, out, _ = _run(capsys)
     assert code == 2 and "evaluate" in out
+
+
+def test_recipe_lists_every_field_with_value_and_note(capsys):
+    from xrbench.cli import main
+
+    assert main(["recipe", "hessian", "--model", "resnet18", "--set", "lr=5e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "hessian on digits / resnet18" in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines()[3:] if ln.strip()}
+    assert set(lines) == {"epochs", "batch_size", "lr", "lambda_"}
+    assert "0.0005" in lines["lr"] and "Adam learning rate" in lines["lr"]
+    assert "0.0001" in lines["lambda_"] and "(by dataset/model)" in lines["lambda_"]
+    assert main(["recipe", "nosuch"]) == 2
+
+
+def test_smoke_profile_trains_a_short_recipe():
+    from xrbench.protocol import get_profile
+
+    assert get_profile("smoke").train_epochs == 3
+    assert get_profile("quick").train_epochs is None and get_profile("paper").train_epochs is None

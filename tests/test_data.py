@@ -439,3 +439,33 @@ def test_dataset_card_without_files(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert (c.channels, c.size, c.num_classes) == (channels, size, classes)
         assert c.eps_pgd == (0.3 if channels == 1 else pytest.approx(8 / 255))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_leaves_no_new_folders(tmp_path, monkeypatch):
+    """A download that fails (no network) must not leave an empty MNIST/raw, nor create a
+    --data-dir that did not exist."""
+    import torchvision
+
+    from xrbench.data import load_dataset
+    from xrbench.errors import XRBenchError
+
+    class NoNetworkMNIST:
+        def __init__(self, root, train=True, download=False):
+            if not download:
+                raise RuntimeError("Dataset not found")
+            (Path(root) / "MNIST" / "raw").mkdir(parents=True)
+            raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", NoNetworkMNIST)
+    monkeypatch.delenv("XRBENCH_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    missing = tmp_path / "not-yet"
+    with pytest.raises(XRBenchError, match="not found"):
+        load_dataset("mnist", missing)
+    assert not missing.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("keep me")
+    with pytest.raises(XRBenchError, match="not found"):
+        load_dataset("mnist", existing)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,9 @@ class Result:
     that one); ``path``: its JSON file; ``written``: False when an identical entry was left in
     place; ``reused_stages``: stages whose output came from the cache; ``examples``: the
     per-example values of every stage, ``{"<stage>/<field>": array}`` (also in the file the
-    entry names, :func:`xrbench.leaderboard.examples.read_examples`).
+    entry names, :func:`xrbench.leaderboard.examples.read_examples`); ``seconds``: wall time
+    this call spent per step (the entry's ``timing`` is the time each stage took when it was
+    computed, which for reused stages was an earlier run).
     """
 
     entry: dict[str, Any]
@@ -64,6 +66,7 @@ class Result:
     written: bool
     reused_stages: list[str]
     examples: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def check_seed(seed: int) -> None:
@@ -88,6 +91,26 @@ def check_output_folder(folder: Path) -> None:
     except OSError as exc:
         raise XRBenchError(f"cannot write results to {folder} ({exc.strerror or exc}); pass "
                            "--out with a writable folder") from None
+
+
+def recipe(defense: str, dataset: str = "digits", model: str = "convnet", *,
+           overrides: dict[str, str] | None = None,
+           data_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """The recipe ``defense`` trains with on (dataset, model): one row per field with its
+    ``value`` (resolved for the dataset and model, ``overrides`` applied), its ``default``
+    in the recipe class and the ``note`` written beside it (unit, rule, source)."""
+    import dataclasses
+
+    from .data import dataset_card
+    from .defenses.base import field_notes
+    from .registry import defenses
+    from .train import build_recipe
+
+    cls = defenses.get(defense).Recipe
+    resolved = build_recipe(defense, dataset_card(dataset, data_dir), model, overrides)
+    notes = field_notes(cls)
+    return [{"field": f.name, "value": getattr(resolved, f.name), "default": f.default,
+             "note": notes.get(f.name, "")} for f in dataclasses.fields(cls)]
 
 
 def default_results_dir() -> Path:
@@ -164,6 +187,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     dev = resolve_device(device)
     ds = load_dataset(dataset, data_dir)
 
+    if prof.train_epochs is not None and checkpoint is None:
+        overrides = {"epochs": str(prof.train_epochs), **(overrides or {})}
     t0 = time.perf_counter()
     net, defense_info, ckpt_info, train_seconds = _checkpoint(
         ds, model, defense, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
@@ -184,12 +209,15 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
                   "manifest": manifest["sha256"], "explainer": expl.describe(),
                   "seed": seed, "model": model, "device": dev.type})
     params: dict[str, Any] = {}
+    spent = {"train": round(train_seconds, 3), "subset": timing["subset"]}
     outputs: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
     flags: dict[str, bool] = {}
     for stage in STAGES:
         params[stage.name] = stage.params(ctx)
+        t_stage = time.perf_counter()
         outputs[stage.name] = stage.execute(ctx, params[stage.name])
+        spent[stage.name] = round(time.perf_counter() - t_stage, 3)
         summary = stage.summarize(ctx, outputs[stage.name])
         if stage.name in ctx.reused_stages:
             log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,
@@ -199,6 +227,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         metrics.update(summary.metrics)
         flags.update(summary.flags)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
+    spent["total"] = timing["total"]
 
     model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,
                   "activation": "softplus"}
@@ -215,7 +244,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         write_entry(rescue, entry, overwrite=True, examples=examples)
         raise XRBenchError(f"could not write {path} ({exc.strerror or exc}); the entry was "
                            f"saved to {rescue} instead (copy it where it belongs)") from None
-    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples)
+    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples, spent)
 
 
 def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "auto",

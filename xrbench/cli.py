@@ -79,6 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one-line description each (plugins included).")
     p.add_argument("kind", choices=["datasets", "models", "explainers", "defenses"])
 
+    p = sub.add_parser("recipe", help="show a defense's recipe: every field, its value, unit "
+                                      "and source",
+                       description="Print the recipe a defense trains with on a dataset and "
+                                   "model: each field with the value it resolves to, its "
+                                   "default, and the note beside it in the code (unit, rule, "
+                                   "source). Change a field with --set KEY=VALUE on train or "
+                                   "evaluate.")
+    p.add_argument("defense", help="defense name (see `xrbench list defenses`)")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--model", default="convnet", help="model (default: convnet)")
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
+                   help="show the recipe with this override (repeatable)")
+    p.add_argument("--data-dir", default=None, help="where datasets live")
+
     p = sub.add_parser("train", help="train (or fetch from the cache) one defense's checkpoint",
                        description="Train a model with a defense's reference recipe. The "
                                    "checkpoint is cached by (dataset, model, defense, recipe, "
@@ -149,6 +163,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     width = max(len(r[0]) for r in rows) if rows else 0
     for name, desc in rows:
         print(f"{name:<{width}}  {desc}")
+    return 0
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from . import api
+
+    rows = api.recipe(args.defense, args.dataset, args.model, overrides=_parse_sets(args.sets),
+                      data_dir=args.data_dir)
+    print(f"{args.defense} on {args.dataset} / {args.model}:")
+    print(tabulate([(r["field"], r["value"],
+                     "(by dataset/model)" if r["default"] is None else r["default"], r["note"])
+                    for r in rows],
+                   headers=["field", "value", "default", "note"], tablefmt="simple",
+                   disable_numparse=True))
     return 0
 
 
@@ -227,10 +257,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
                        force=args.force, progress=_bars(args))
     print(summary_table(res.entry))
-    timing = ", ".join(f"{k} {v:.1f}s" for k, v in res.entry["timing"].items())
-    print(f"stage wall time: {timing}")
+    timing = ", ".join(f"{k} {v:.1f}s" + (" (cached)" if k in res.reused_stages else "")
+                       for k, v in res.seconds.items())
+    print(f"wall time of this run: {timing}")
     if res.reused_stages:
-        print(f"reused cached stages: {', '.join(res.reused_stages)}")
+        print(f"reused cached stages: {', '.join(res.reused_stages)} (the entry's timing "
+              "keeps the time each took when computed)")
     state = "wrote" if res.written else "unchanged (same run)"
     print(f"{state}: {res.path}")
     return 0
@@ -272,7 +304,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": _cmd_list, "train": _cmd_train, "evaluate": _cmd_evaluate,
+COMMANDS = {"list": _cmd_list, "recipe": _cmd_recipe, "train": _cmd_train, "evaluate": _cmd_evaluate,
             "subset": _cmd_subset, "leaderboard": _cmd_leaderboard}
 
 

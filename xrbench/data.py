@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -227,9 +228,14 @@ def _torchvision(cls_name: str, name: str, root: Path, hint: str) -> tuple[Any, 
         except RuntimeError:
             if _offline():
                 raise _missing(name, root, hint) from None
+            # a failed download must not leave folders the user did not have (an empty
+            # MNIST/raw, or a --data-dir that did not exist)
+            new = [p for p in (root, root / cls_name) if not p.exists()]
             try:
                 ds = cls(str(root), train=train, download=True)
             except Exception as exc:  # noqa: BLE001 - no network, bad mirror, disk...
+                for p in reversed(new):
+                    shutil.rmtree(p, ignore_errors=True)  # created by this attempt alone
                 raise _missing(name, root, hint) from exc
         splits.append(ds)
     return splits[0], splits[1]
