@@ -189,3 +189,39 @@ def test_per_example_values_are_kept_beside_the_entry(first_run):
     assert hits.shape == (3, 20) and hits.dtype == bool
     assert hits[1].mean() == pytest.approx(m["retrieval"]["relex_adv_mask"]["0.2"]["value"])
     assert ex["landscape/explanation"].shape == (5, 20)  # (gammas, sampled pairs)
+
+
+def test_a_write_that_fails_at_the_end_keeps_the_entry(first_run, dirs, monkeypatch, tmp_path):
+    import errno
+
+    import xrbench.leaderboard.schema as schema
+
+    cache, _ = dirs
+    real = schema.write_entry
+    out = tmp_path / "results"
+
+    def read_only_out(path, entry, **kw):
+        if out in path.parents:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real(path, entry, **kw)
+
+    monkeypatch.setattr(schema, "write_entry", read_only_out)
+    with pytest.raises(XRBenchError, match="saved to .*unsaved-results") as err:
+        api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                     cache_root=cache, device="cpu")
+    rescued = cache / "unsaved-results" / first_run.path.relative_to(first_run.path.parents[4])
+    assert str(rescued) in str(err.value)
+    assert read_entry(rescued)["metrics"] == first_run.entry["metrics"]
+
+
+def test_output_folder_is_checked_before_any_work(tmp_path, monkeypatch):
+    import xrbench.api as api_mod
+
+    monkeypatch.setattr(api_mod, "get_trained_model",
+                        lambda *a, **k: pytest.fail("trained before checking --out"))
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    for bad in (a_file, a_file / "sub"):
+        with pytest.raises(XRBenchError, match="is a file"):
+            api.evaluate("normal", profile=PROFILE, out=bad, progress=False,
+                         cache_root=tmp_path / "c", device="cpu")

@@ -127,3 +127,33 @@ def test_resume_from_partial_equals_uninterrupted(digits, cache, tmp_path):
     assert not resumed.reused
     assert resumed.sha256 == full.sha256
     assert not partial_path(resumed.path).exists()
+
+
+def test_resumed_training_keeps_the_whole_history(digits, tmp_path, monkeypatch):
+    """An interrupted run's epochs and seconds count in the checkpoint that a rerun finishes."""
+    import xrbench.train as tr
+
+    real_fit = tr.fit
+    calls = {"n": 0}
+
+    def stop_after_two_epochs(*args, **kwargs):
+        calls["n"] += 1
+        hook = kwargs["on_epoch_end"]
+
+        def hook_then_stop(epoch, opt, record):
+            hook(epoch, opt, record)
+            if calls["n"] == 1 and epoch == 2:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, **{**kwargs, "on_epoch_end": hook_then_stop})
+
+    monkeypatch.setattr(tr, "fit", stop_after_two_epochs)
+    kw = dict(overrides={"epochs": "4"}, progress=False, cache_root=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        get_trained_model(digits, "convnet", "normal", **kw)
+    t = get_trained_model(digits, "convnet", "normal", **kw)
+    assert [r["epoch"] for r in t.meta["history"]] == [1, 2, 3, 4]
+    assert t.meta["train_seconds"] >= sum(r["seconds"] for r in t.meta["history"][:2])
+    monkeypatch.setattr(tr, "fit", real_fit)
+    fresh = get_trained_model(digits, "convnet", "normal", **{**kw, "cache_root": tmp_path / "b"})
+    assert fresh.sha256 == t.sha256  # resuming changed nothing in the weights

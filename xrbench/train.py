@@ -163,8 +163,14 @@ def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_
 
     defense = defense_cls(recipe, TrainState(card, model_name, state_gen, device))
     start, opt_state = 0, None
+    # epochs and seconds of earlier, interrupted processes: the checkpoint's history covers
+    # the whole training, not only the process that finished it
+    history: list[dict[str, float]] = []
+    earlier_seconds = 0.0
     partial = None if retrain else load_partial(path)
     if partial is not None and partial.get("key") == key.digest():
+        history = list(partial.get("history", []))
+        earlier_seconds = float(partial.get("train_seconds", 0.0))
         model.load_state_dict(partial["model"])
         opt_state = partial["optimizer"]
         start = int(partial["epoch"])
@@ -173,14 +179,16 @@ def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_
         log.info("resuming %s from epoch %d", path.name, start)
 
     def on_epoch_end(epoch: int, opt: torch.optim.Optimizer, record: dict[str, float]) -> None:
+        history.append(record)
         save_partial(path, {"key": key.digest(), "epoch": epoch,
                             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                             "optimizer": opt.state_dict(), "data_rng": data_gen.get_state(),
-                            "defense_rng": state_gen.get_state()})
+                            "defense_rng": state_gen.get_state(), "history": history,
+                            "train_seconds": earlier_seconds + time.perf_counter() - t0})
 
     t0 = time.perf_counter()
     try:
-        history = fit(model, defense, dataset.train, epochs=recipe.epochs,
+        fit(model, defense, dataset.train, epochs=recipe.epochs,
                       batch_size=recipe.batch_size, lr=recipe.lr, data_generator=data_gen,
                       device=device, progress=progress, start_epoch=start,
                       optimizer_state=opt_state, on_epoch_end=on_epoch_end)
@@ -189,7 +197,7 @@ def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_
         where = f"the last good epoch is kept in {kept}" if kept.is_file() else "no epoch finished"
         raise NonFiniteLoss(f"{exc}; {where}. Lower the learning rate or the regulariser "
                             "weight (e.g. --set lr=5e-4)") from None
-    seconds = time.perf_counter() - t0
+    seconds = earlier_seconds + time.perf_counter() - t0
     model.eval()
     test_acc = evaluate_accuracy(model, dataset.test, device)
     import platform
