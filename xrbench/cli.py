@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List the registered components of one kind, with a "
                                    "one-line description each (plugins included).")
     p.add_argument("kind", choices=["datasets", "models", "explainers", "defenses"])
+    p.add_argument("--load", action="store_true",
+                   help="import every component and plugin to list them (slower; reports a "
+                        "plugin that fails to load or clashes with another name)")
 
     p = sub.add_parser("recipe", help="show a defense's recipe: every field, its value, unit "
                                       "and source",
@@ -155,11 +158,16 @@ def _bars(args: argparse.Namespace) -> bool:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from . import registry
+    if args.load:
+        from . import registry
 
-    reg = getattr(registry, args.kind)
-    rows = [(e.display_name, e.description + ("" if e.source == "xrbench" else f" [{e.source}]"))
-            for e in reg.entries()]
+        rows = [(e.display_name,
+                 e.description + ("" if e.source == "xrbench" else f" [{e.source}]"))
+                for e in getattr(registry, args.kind).entries()]
+    else:
+        from .catalogue import listing
+
+        rows = listing(args.kind)
     width = max(len(r[0]) for r in rows) if rows else 0
     for name, desc in rows:
         print(f"{name:<{width}}  {desc}")

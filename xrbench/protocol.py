@@ -12,10 +12,12 @@ smoke checkpoint never passes for the reference one.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .data import DatasetCard
 from .errors import XRBenchError
+
+if TYPE_CHECKING:  # the profile table must import without torch (xrbench --help)
+    from .data import DatasetCard
 
 PROTOCOL_VERSION = 1
 CLUSTERS = 10  # k-means k (SEP paper appendix C)

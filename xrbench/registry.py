@@ -13,6 +13,7 @@ its first positional argument. Listings show it as ``timm:NAME``.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -47,11 +48,14 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A named collection of components of one kind, with entry-point plugins."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
         self.group = f"xrbench.{kind}"
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
+        #: the module whose import registers the built-ins, imported on the first lookup
+        #: (so that ``import xrbench`` stays cheap)
+        self.builtins = builtins
         #: called as ``check(name, obj)`` before anything is registered; raises
         #: :class:`XRBenchError` for an object that is not of this kind (set by the module
         #: that defines the kind's base class, e.g. ``xrbench.defenses.base``)
@@ -102,10 +106,13 @@ class Registry(Generic[T]):
 
     # -- plugins ------------------------------------------------------------------------
     def load_plugins(self) -> None:
-        """Load every entry point of group ``xrbench.<kind>`` once (unless disabled)."""
+        """Register the built-ins, then load every entry point of group ``xrbench.<kind>``
+        once (unless disabled)."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
+        if self.builtins is not None:
+            importlib.import_module(self.builtins)
         if os.environ.get(PLUGIN_AUTOLOAD_ENV, "") not in ("", "0"):
             return
         for ep in metadata.entry_points(group=self.group):
@@ -185,7 +192,7 @@ def _who(source: str) -> str:
     return f"{source} (built-in)" if source == "xrbench" else source
 
 
-datasets: Registry[Any] = Registry("datasets")
-models: Registry[Any] = Registry("models")
-explainers: Registry[Any] = Registry("explainers")
-defenses: Registry[Any] = Registry("defenses")
+datasets: Registry[Any] = Registry("datasets", "xrbench.data")
+models: Registry[Any] = Registry("models", "xrbench.models")
+explainers: Registry[Any] = Registry("explainers", "xrbench.explainers")
+defenses: Registry[Any] = Registry("defenses", "xrbench.defenses")
