@@ -225,3 +225,21 @@ def test_output_folder_is_checked_before_any_work(tmp_path, monkeypatch):
         with pytest.raises(XRBenchError, match="is a file"):
             api.evaluate("normal", profile=PROFILE, out=bad, progress=False,
                          cache_root=tmp_path / "c", device="cpu")
+
+
+def test_a_flipped_bit_in_a_stage_cache_file_is_caught_and_recomputed(first_run, dirs, caplog,
+                                                                     tmp_path):
+    cache, _ = dirs
+    flipped = sorted((cache / "stages").glob("insertion-*.pt"))  # (other tests' keys too)
+    for path in flipped:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01  # one bit, in the middle of the tensor data
+        path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="xrbench.runtime"):
+        res = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=tmp_path,
+                           progress=False, cache_root=cache, device="cpu")
+    caught = [p for p in flipped if any(str(p) in r.getMessage() and "sha256" in r.getMessage()
+                                        for r in caplog.records)]
+    assert len(caught) == 1 and not caught[0].exists()  # this run's file: named, removed
+    assert "insertion" not in res.reused_stages and "rps" in res.reused_stages
+    assert res.entry["metrics"]["insertion"] == first_run.entry["metrics"]["insertion"]

@@ -26,7 +26,7 @@ from .data import Dataset
 from .errors import XRBenchError
 from .explainers import Explainer
 from .protocol import Profile
-from .utils import atomic_write_bytes, cache_dir, file_lock, generator, hash_config, lock_path
+from .utils import atomic_write_bytes, cache_dir, file_lock, generator, hash_config, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -90,29 +90,51 @@ class ProtocolCall:
 
 
 class StageCache:
-    """Stage outputs as torch files (dicts of tensors and plain values), loaded with
-    ``weights_only=True``; written atomically, so a killed run never leaves a half file."""
+    """Stage outputs as torch files (dicts of tensors and plain values) under
+    ``<root>/stages``, each named ``<stage>-<key hash>.<sha256 of its bytes>.pt``.
+
+    A file is written atomically (so a killed run never leaves a half file under a final
+    name) and verified against the sha256 in its name before it is loaded (with
+    ``weights_only=True``): a flipped bit, a truncated copy or an edited file is never served;
+    it is removed with a warning naming it, and the stage is computed again.
+    """
 
     def __init__(self, root: Path | None = None, force: bool = False) -> None:
         self.root = (root or cache_dir()) / "stages"
         self.force = force
 
-    def path(self, stage: str, key: Mapping[str, Any]) -> Path:
-        return self.root / f"{stage}-{hash_config(key, 16)}.pt"
+    def name(self, stage: str, key: Mapping[str, Any]) -> str:
+        return f"{stage}-{hash_config(key, 16)}"
 
-    def load(self, path: Path) -> dict[str, Any] | None:
-        if self.force or not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
-            log.warning("ignoring unreadable stage cache %s", path)
-            return None
+    def lock(self, stage: str, key: Mapping[str, Any]) -> Any:
+        """A lock for computing this output (a second run of the same key waits)."""
+        return file_lock(self.root / f".{self.name(stage, key)}.lock")
 
-    def save(self, path: Path, value: Mapping[str, Any]) -> None:
+    def load(self, stage: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The cached output, if one is there and intact; else None."""
+        if self.force or not self.root.is_dir():
+            return None
+        for path in sorted(self.root.glob(f"{self.name(stage, key)}.*.pt")):
+            digest = path.name.rsplit(".", 2)[-2]
+            data = path.read_bytes()
+            if sha256_bytes(data) != digest:
+                log.warning("stage cache file %s does not match its sha256 (corrupt or "
+                            "changed); removed, the stage is computed again", path)
+                path.unlink(missing_ok=True)
+                continue
+            try:
+                return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - an unreadable cache file is recomputed
+                log.warning("ignoring unreadable stage cache %s", path)
+        return None
+
+    def save(self, stage: str, key: Mapping[str, Any], value: Mapping[str, Any]) -> Path:
         buf = io.BytesIO()
         torch.save(dict(value), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        data = buf.getvalue()
+        path = self.root / f"{self.name(stage, key)}.{sha256_bytes(data)}.pt"
+        atomic_write_bytes(path, data)
+        return path
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -163,16 +185,15 @@ class RunContext:
     def cached(self, stage: str, key: Mapping[str, Any], fn: Callable[[], dict[str, Any]]
                ) -> dict[str, Any]:
         """``fn()``'s output, from the cache when present; records time and reuse."""
-        path = self.cache.path(stage, key)
-        with file_lock(lock_path(path)):  # a second run of the same key waits, then reuses
-            out = self.cache.load(path)
+        with self.cache.lock(stage, key):  # a second run of the same key waits, then reuses
+            out = self.cache.load(stage, key)
             if out is not None:
                 self.reused_stages.append(stage)
             else:
                 t0 = time.perf_counter()
                 out = fn()
                 out["_seconds"] = time.perf_counter() - t0
-                self.cache.save(path, out)
+                self.cache.save(stage, key, out)
         self.timing[stage] = round(float(out.get("_seconds", 0.0)), 3)
         return out
 

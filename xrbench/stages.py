@@ -395,21 +395,20 @@ class _ChunkCache:
                  ) -> None:
         self.ctx, self.params, self.size, self.n_pairs = ctx, params, size, n_pairs
 
-    def _path(self, chunk: int) -> Any:
-        key = self.ctx.key("manipulation-chunk", Manipulation.chunk_version, self.params,
-                           chunk=chunk, size=self.size, pairs=self.n_pairs)
-        return self.ctx.cache.path("manipulation-chunk", key)
+    def _key(self, chunk: int) -> dict[str, Any]:
+        return self.ctx.key("manipulation-chunk", Manipulation.chunk_version, self.params,
+                            chunk=chunk, size=self.size, pairs=self.n_pairs)
 
     def load(self, chunk: int, pairs: torch.Tensor) -> Any:
         from .attacks.manipulation import ManipulationResult
 
-        done = self.ctx.cache.load(self._path(chunk))
+        done = self.ctx.cache.load("manipulation-chunk", self._key(chunk))
         if done is None or not torch.equal(done.get("pairs", torch.empty(0)), pairs):
             return None
         return ManipulationResult.from_per_pair(done)
 
     def save(self, chunk: int, result: Any) -> None:
-        self.ctx.cache.save(self._path(chunk), result.per_pair())
+        self.ctx.cache.save("manipulation-chunk", self._key(chunk), result.per_pair())
 
 
 #: every stage, in the order it runs (the long pair attack last, so that every other number
