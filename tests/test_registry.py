@@ -150,11 +150,16 @@ def test_plugin_clash_on_the_command_line_is_one_line_and_exit_2(plugin_path):
     _write_plugin(plugin_path, "xr-fake-plugin-normal", "normal", _DEFENSE)
     env = {**os.environ, "PYTHONPATH": str(plugin_path)}
     env.pop("XRBENCH_DISABLE_PLUGIN_AUTOLOAD", None)
-    run = subprocess.run([sys.executable, "-m", "xrbench.cli", "list", "defenses"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-m", "xrbench.cli", "list", "defenses", "--load"],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "xr-fake-plugin-normal" in lines[0] and "built-in" in lines[0]
+    # the quick listing (nothing imported) marks the clash instead
+    quick = subprocess.run([sys.executable, "-m", "xrbench.cli", "list", "defenses"], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert quick.returncode == 0
+    assert any(ln.startswith("normal") and "name taken" in ln for ln in quick.stdout.splitlines())
 
 
 def test_a_registered_defense_must_subclass_defense(plugin_path):
