@@ -73,13 +73,25 @@ def test_two_runs_of_one_key_at_once(reference):
         assert stages.count(name) == 1, stages
 
 
-def test_sigkill_during_training_then_rerun(reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("phase, marker", [
+    ("training", "*.partial.pt"),          # an epoch finished, training goes on
+    ("retrieval", "adv_insertion-*.pt"),    # the stage before retrieval is done
+    ("manipulation", "landscape-*.pt"),     # the stage before the manipulation is done
+], ids=["training", "stage", "manipulation"])
+def test_interrupt_then_rerun_gives_the_same_entry(reference, tmp_path, sig, phase, marker):
     _, _, (want, _) = reference
     cache, out = tmp_path / "cache", tmp_path / "out"
     proc = _start(cache, out, "--epochs", "3")
-    _wait_for("*.partial.pt", cache, proc)  # an epoch finished, training goes on
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    _wait_for(marker, cache, proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip(f"the run finished before the signal arrived during {phase}")
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again" in err
+    else:
+        assert proc.returncode == -signal.SIGKILL
     assert not list(out.rglob("*.json"))  # nothing half-written
     again = _start(cache, out, "--epochs", "3")
     _, err = again.communicate(timeout=600)
@@ -87,20 +99,4 @@ def test_sigkill_during_training_then_rerun(reference, tmp_path):
     got = _entry(out)
     assert got["metrics"] == want["metrics"] and got["flags"] == want["flags"]
     assert got["checkpoint"]["sha256"] == want["checkpoint"]["sha256"]  # resumed exactly
-
-
-def test_sigint_during_the_manipulation_then_rerun(reference, tmp_path):
-    _, _, (want, _) = reference
-    cache, out = tmp_path / "cache", tmp_path / "out"
-    proc = _start(cache, out, "--epochs", "3")
-    _wait_for("landscape-*.pt", cache, proc)  # the stage before the manipulation is done
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("the manipulation finished before the signal arrived")
-    assert proc.returncode == 130 and "run the same command again" in err
-    again = _start(cache, out, "--epochs", "3")
-    _, err = again.communicate(timeout=600)
-    assert again.returncode == 0, err
-    got = _entry(out)
-    assert got["metrics"] == want["metrics"] and got["flags"] == want["flags"]
+    assert not list(cache.rglob("*.tmp"))
