@@ -1,16 +1,5 @@
-"""The protocol's stages (PROTOCOL.md section 5), each declared once, in the order they run.
-
-A stage is a small object:
-
-- ``name`` and ``version`` (bump the version in the commit that changes what the stage
-  computes beyond float rounding: caches written by older code are then not reused);
-- ``params(ctx)``: its protocol parameters, read from the code that runs (a
-  :class:`~xrbench.runtime.ProtocolCall`), recorded in the entry and part of the cache key;
-- ``run(ctx)``: a dict of per-example tensors (per image, or per pair for the manipulation),
-  cached, and kept beside the entry in its per-example file;
-- ``summarize(ctx, out)``: its part of the entry, metric objects with bootstrap intervals and
-  flags;
-- ``rows(metrics)``: how the command line prints its metrics.
+"""The protocol's stages (PROTOCOL.md section 5), each declared once, in the order they run
+(:data:`STAGES`); :mod:`xrbench.stage` says what a stage is.
 
 Adding a metric: write the metric function (``metrics/<name>.py``), declare its stage here and
 add it to :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.json``
@@ -20,81 +9,16 @@ add it to :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.js
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
 from .runtime import ProtocolCall, RunContext, require_differentiable
+from .stage import Row, Stage, Summary, per_eps_rows, eps_key
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class Row:
-    """One printed summary row: a metric object shown as ``value * scale`` with ``digits``
-    decimals, which direction is better (``"higher"``, ``"lower"`` or ``""`` where neither
-    is), and what the number means in one line."""
-
-    label: str
-    metric: dict[str, Any] | None
-    scale: float = 1.0
-    digits: int = 2
-    better: str = ""
-    meaning: str = ""
-
-
-@dataclass
-class Summary:
-    """A stage's part of the entry: metric objects (``metrics``) and boolean ``flags``."""
-
-    metrics: dict[str, Any]
-    flags: dict[str, bool] = field(default_factory=dict)
-
-
-class Stage:
-    """Base of the protocol stages; see the module docstring for the contract."""
-
-    name: ClassVar[str]
-    version: ClassVar[int]
-    #: where its rows go in the printed summary (lower first); stages run in STAGES order
-    summary_rank: ClassVar[int] = 50
-
-    def call(self, ctx: RunContext) -> ProtocolCall:
-        """The stage's metric or attack function with its protocol arguments bound."""
-        raise NotImplementedError
-
-    def params(self, ctx: RunContext) -> dict[str, Any]:
-        """The protocol parameters, by default those of :meth:`call`."""
-        return self.call(ctx).params()
-
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        raise NotImplementedError
-
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return []
-
-    def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
-        """``run(ctx)``, or its cached output for the same inputs and parameters."""
-        return ctx.cached(self.name, ctx.key(self.name, self.version, params),
-                          lambda: self.run(ctx))
-
-
-def eps_key(eps: float, decimal: bool) -> str:
-    """Label of an eps value as entries write it: ``"8/255"`` for grey-level radii, the
-    decimal (``"0.1"``) when ``decimal`` (the grey datasets' retrieval radii)."""
-    k = eps * 255
-    if not decimal and abs(k - round(k)) < 1e-6:
-        return f"{round(k)}/255"
-    return f"{eps:g}"
-
-
-def _per_eps_rows(prefix: str, per: dict[str, Any], unit: str, scale: float, digits: int,
-                  better: str, meaning: str) -> list[Row]:
-    return [Row(f"{prefix} @ {eps}{unit}", v, scale, digits, better, meaning)
-            for eps, v in per.items()]
+__all__ = ["STAGES", "Row", "Stage", "Summary", "eps_key", "ProtocolCall", "RunContext"]
 
 
 # --- 5.1 clean and PGD accuracy ----------------------------------------------------------------
@@ -169,7 +93,7 @@ class RPS(Stage):
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [row for sim, per in (metrics.get("rps") or {}).items()
-                for row in _per_eps_rows(f"RPS {sim}", per, "", 1.0, 3, "higher",
+                for row in per_eps_rows(f"RPS {sim}", per, "", 1.0, 3, "higher",
                                          "map similarity under uniform noise of radius eps")]
 
 
@@ -278,7 +202,7 @@ class Retrieval(Stage):
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [row for kind, per in (metrics.get("retrieval") or {}).items()
-                for row in _per_eps_rows(f"retrieval {kind}", per, " (%)", 100.0, 1, "higher",
+                for row in per_eps_rows(f"retrieval {kind}", per, " (%)", 100.0, 1, "higher",
                                          RETRIEVAL_MEANINGS.get(kind, ""))]
 
 
