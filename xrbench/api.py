@@ -7,7 +7,6 @@ comes back; :mod:`xrbench.leaderboard` turns results into JSON files and tables.
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -24,7 +23,6 @@ from .protocol import PROTOCOL_VERSION, Profile, get_profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, file_lock, hash_config, lock_path, resolve_device
 
-log = logging.getLogger(__name__)
 
 
 def train(dataset: str = "digits", model: str = "convnet", defense: str = "normal", *,
@@ -169,10 +167,11 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .entry import build_entry
     from .explainers import get_explainer
     from .leaderboard.examples import flatten
-    from .leaderboard.schema import entry_path, write_entry
+    from .leaderboard.schema import entry_path
     from .models import count_parameters
     from .registry import defenses, explainers, models
     from .runtime import RunContext, StageCache
+    from .stage import run_stages
     from .stages import STAGES
     from .subset import get_manifest
 
@@ -208,43 +207,35 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         base_key={"protocol": PROTOCOL_VERSION, "checkpoint": ckpt_info["sha256"],
                   "manifest": manifest["sha256"], "explainer": expl.describe(),
                   "seed": seed, "model": model, "device": dev.type})
-    params: dict[str, Any] = {}
-    spent = {"train": round(train_seconds, 3), "subset": timing["subset"]}
-    outputs: dict[str, Any] = {}
-    metrics: dict[str, Any] = {}
-    flags: dict[str, bool] = {}
-    for stage in STAGES:
-        params[stage.name] = stage.params(ctx)
-        t_stage = time.perf_counter()
-        outputs[stage.name] = stage.execute(ctx, params[stage.name])
-        spent[stage.name] = round(time.perf_counter() - t_stage, 3)
-        summary = stage.summarize(ctx, outputs[stage.name])
-        if stage.name in ctx.reused_stages:
-            log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,
-                     ctx.timing[stage.name])
-        else:
-            log.info("%s: computed in %.1f s", stage.name, ctx.timing[stage.name])
-        metrics.update(summary.metrics)
-        flags.update(summary.flags)
+    ran = run_stages(ctx, STAGES)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
-    spent["total"] = timing["total"]
 
     model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,
                   "activation": "softplus"}
-    entry = build_entry(ctx=ctx, stage_params=params, metrics=metrics, flags=flags,
-                        manifest=manifest, defense=defense_info, checkpoint=ckpt_info,
-                        model_info=model_info)
-    examples = flatten(outputs)
-    path = entry_path(out_dir, entry)
+    entry = build_entry(ctx=ctx, stage_params=ran.params, metrics=ran.metrics,
+                        flags=ran.flags, manifest=manifest, defense=defense_info,
+                        checkpoint=ckpt_info, model_info=model_info)
+    examples = flatten(ran.outputs)
+    done = _write(entry_path(out_dir, entry), entry, examples, force, cache_root)
+    seconds = {"train": timing["train"], "subset": timing["subset"], **ran.seconds,
+               "total": timing["total"]}
+    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples, seconds)
+
+
+def _write(path: Path, entry: dict[str, Any], examples: dict[str, Any], force: bool,
+           cache_root: Path | None) -> Any:
+    """Write the entry (one overwrite rule: :func:`~xrbench.leaderboard.schema.write_entry`);
+    if that fails after all the work, save it under ``<cache>/unsaved-results`` and say so."""
+    from .leaderboard.schema import entry_path, write_entry
+
     try:
         with file_lock(lock_path(path)):
-            done = write_entry(path, entry, overwrite=force, examples=examples)
+            return write_entry(path, entry, overwrite=force, examples=examples)
     except OSError as exc:  # the folder went away or became read-only during the run
         rescue = entry_path((cache_root or cache_dir()) / "unsaved-results", entry)
         write_entry(rescue, entry, overwrite=True, examples=examples)
         raise XRBenchError(f"could not write {path} ({exc.strerror or exc}); the entry was "
                            f"saved to {rescue} instead (copy it where it belongs)") from None
-    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples, spent)
 
 
 def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "auto",

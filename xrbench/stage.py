@@ -17,10 +17,14 @@ A stage is a small object:
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 from .runtime import ProtocolCall, RunContext
+
+log = logging.getLogger("xrbench.api")  # the per-stage lines the CLI shows in a log
 
 
 @dataclass(frozen=True)
@@ -89,3 +93,34 @@ def per_eps_rows(prefix: str, per: dict[str, Any], unit: str, scale: float, digi
                   better: str, meaning: str) -> list[Row]:
     return [Row(f"{prefix} @ {eps}{unit}", v, scale, digits, better, meaning)
             for eps, v in per.items()]
+
+
+@dataclass
+class Outcome:
+    """What :func:`run_stages` gives back: per stage its ``params``, per-example ``outputs``
+    and wall ``seconds`` spent now, and the entry's ``metrics`` and ``flags``."""
+
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+
+
+def run_stages(ctx: RunContext, stages: Sequence[Stage]) -> Outcome:
+    """Run (or take from the cache) each stage in order and summarise it."""
+    done = Outcome()
+    for stage in stages:
+        done.params[stage.name] = stage.params(ctx)
+        t0 = time.perf_counter()
+        done.outputs[stage.name] = stage.execute(ctx, done.params[stage.name])
+        done.seconds[stage.name] = round(time.perf_counter() - t0, 3)
+        if stage.name in ctx.reused_stages:
+            log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,
+                     ctx.timing[stage.name])
+        else:
+            log.info("%s: computed in %.1f s", stage.name, ctx.timing[stage.name])
+        summary = stage.summarize(ctx, done.outputs[stage.name])
+        done.metrics.update(summary.metrics)
+        done.flags.update(summary.flags)
+    return done
