@@ -294,3 +294,25 @@ def test_shipped_entries_are_valid_and_where_their_fields_say():
     profiles = {read_entry(p)["protocol"]["profile"] for p in paths}
     assert {"quick", "paper"} <= profiles
     assert any(read_entry(p)["subset"]["n_pairs"] == 22350 for p in paths)
+
+
+def test_html_and_pipes_in_every_string_field_stay_text(tmp_path: Path) -> None:
+    """A markdown viewer renders inline HTML: a defense (or dataset, model, explainer) named
+    <script>... must come out as text, and a pipe must not split a table cell."""
+    evil = "<script>alert(1)</script>|x&y"
+
+    def poison(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: (evil if isinstance(v, str) and k == "name" else poison(v))
+                    for k, v in obj.items()}
+        return obj
+
+    entry = poison(make_entry())
+    entry["protocol"]["profile"] = "quick"  # an enum in the schema; its name is not free text
+    entry["flags"] = {"not_converged": True, "degenerate": False, evil: True}
+    md = render_markdown([entry])
+    assert "<script>" not in md and "</script>" not in md
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\|x&amp;y" in md
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    header_cells = table[0].count(" | ")
+    assert all(ln.replace("\\|", "").count(" | ") == header_cells for ln in table)
