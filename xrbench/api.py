@@ -21,7 +21,7 @@ from .errors import XRBenchError
 from .models import DEFAULT_BETA
 from .protocol import PROTOCOL_VERSION, Profile, get_profile
 from .train import TrainedModel, get_trained_model
-from .utils import cache_dir, file_lock, hash_config, resolve_device
+from .utils import cache_dir, file_lock, hash_config, lock_file, resolve_device
 
 
 
@@ -229,10 +229,8 @@ def _write(path: Path, entry: dict[str, Any], examples: dict[str, Any], force: b
     from .leaderboard.schema import entry_path, write_entry
 
     # the lock lives in the cache, not beside the user's results
-    lock = ((cache_root or cache_dir()) / "locks"
-            / f"entry-{hash_config(str(path.resolve()))}.lock")
     try:
-        with file_lock(lock):
+        with file_lock(lock_file(f"entry-{hash_config(str(path.resolve()))}", cache_root)):
             return write_entry(path, entry, overwrite=force, examples=examples)
     except OSError as exc:  # the folder went away or became read-only during the run
         rescue = entry_path((cache_root or cache_dir()) / "unsaved-results", entry)

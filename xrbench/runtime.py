@@ -108,7 +108,7 @@ class StageCache:
 
     def lock(self, stage: str, key: Mapping[str, Any]) -> Any:
         """A lock for computing this output (a second run of the same key waits)."""
-        return file_lock(self.root / f".{self.name(stage, key)}.lock")
+        return file_lock(self.root.parent / "locks" / f"stage-{self.name(stage, key)}.lock")
 
     def load(self, stage: str, key: Mapping[str, Any]) -> dict[str, Any] | None:
         """The cached output, if one is there and intact; else None."""

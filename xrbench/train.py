@@ -24,7 +24,7 @@ from .data import Dataset, ImageSplit
 from .errors import XRBenchError
 from .models import DEFAULT_BETA, XRModel, create_model
 from .registry import defenses
-from .utils import file_lock, generator, lock_path
+from .utils import file_lock, generator, hash_config, lock_file
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def get_trained_model(dataset: Dataset, model_name: str = "convnet", defense_nam
     path = key.path(cache_root)
 
     # one process trains a key at a time; a second one waits, then reuses the checkpoint
-    with file_lock(lock_path(path)):
+    with file_lock(lock_file(f"checkpoint-{hash_config(str(path.resolve()))}", cache_root)):
         return _load_or_train(dataset, model_name, defense_cls, defense_name, recipe, key,
                               path, seed=seed, device=device, retrain=retrain,
                               progress=progress, beta=beta)

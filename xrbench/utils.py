@@ -58,10 +58,10 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def lock_path(path: str | os.PathLike[str]) -> Path:
-    """``dir/name`` -> ``dir/.name.lock``: the lock that guards ``path``."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.lock")
+def lock_file(what: str, cache_root: Path | None = None) -> Path:
+    """``<cache>/locks/<what>.lock``: all of xrbench's locks live in one folder of its cache,
+    never beside a user's files."""
+    return (cache_root or cache_dir()) / "locks" / f"{what}.lock"
 
 
 def _umask() -> int:
