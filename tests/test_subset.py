@@ -51,3 +51,13 @@ def test_smaller_manifests_are_prefixes_per_cluster():
         p = [i for i, k in zip(paper["indices"], paper["cluster_ids"]) if k == c]
         q = [i for i, k in zip(quick["indices"], quick["cluster_ids"]) if k == c]
         assert p[:5] == q
+
+
+def test_a_cached_manifest_that_is_not_an_object_is_a_clear_error(tmp_path):
+    import pytest
+
+    from xrbench.errors import XRBenchError
+    from xrbench.subset import check_manifest
+
+    with pytest.raises(XRBenchError, match="holds a JSON list, not an object"):
+        check_manifest([1, 2], str(tmp_path / "m.json"))

@@ -131,7 +131,12 @@ def build_manifest(dataset: Dataset, per_cluster: int, extractor: torch.nn.Modul
     return manifest
 
 
-def check_manifest(manifest: dict[str, Any], source: str) -> dict[str, Any]:
+def check_manifest(manifest: Any, source: str) -> dict[str, Any]:
+    """A manifest read from ``source``, checked: an object with its fields and a body that
+    still matches its sha256; anything else is an :class:`XRBenchError` naming the file."""
+    if not isinstance(manifest, dict):
+        raise XRBenchError(f"subset manifest {source} holds a JSON {type(manifest).__name__}, "
+                           "not an object; delete it to rebuild")
     for key in ("dataset", "indices", "cluster_ids", "sha256", "per_cluster"):
         if key not in manifest:
             raise XRBenchError(f"subset manifest {source} has no {key!r}; delete it to rebuild")
