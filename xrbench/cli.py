@@ -324,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
         if not getattr(args, "quiet", True) and not sys.stderr.isatty():
-            logging.getLogger("xrbench.api").setLevel(logging.INFO)  # a line per stage
+            for name in ("xrbench.api", "xrbench.train"):  # a line per stage and per epoch
+                logging.getLogger(name).setLevel(logging.INFO)
         if args.version:
             from . import __version__
 
