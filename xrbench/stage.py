@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
+import torch
+
 from .runtime import ProtocolCall, RunContext
 
 log = logging.getLogger("xrbench.api")  # the per-stage lines the CLI shows in a log
@@ -39,6 +41,30 @@ class Row:
     digits: int = 2
     better: str = ""
     meaning: str = ""
+
+
+@dataclass(frozen=True)
+class Example:
+    """The per-example values behind one metric object: ``values`` (n,) (per image, or per
+    pair), the resampling ``groups`` (victims for pair metrics, None for images), the
+    ``scale`` the entry reports it in (100 for percentages), and whether it has a median."""
+
+    values: torch.Tensor
+    groups: torch.Tensor | None = None
+    scale: float = 1.0
+    median: bool = False
+
+
+def metric_tree(ctx: RunContext, examples: dict[tuple[str, ...], Example]) -> dict[str, Any]:
+    """Metric objects (:meth:`RunContext.metric`) nested by the keys' parts:
+    ``{("rps", "cosine", "8/255"): ...}`` -> ``{"rps": {"cosine": {"8/255": {...}}}}``."""
+    tree: dict[str, Any] = {}
+    for key, ex in examples.items():
+        node = tree
+        for part in key[:-1]:
+            node = node.setdefault(part, {})
+        node[key[-1]] = ctx.metric(ex.values, ex.groups, scale=ex.scale, median=ex.median)
+    return tree
 
 
 @dataclass
@@ -68,8 +94,16 @@ class Stage:
     def run(self, ctx: RunContext) -> dict[str, Any]:
         raise NotImplementedError
 
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        """The per-example values behind each of the stage's metric objects, by entry key
+        path, read from its output ``out`` (``grey``: the dataset's images are grey; it
+        decides how eps values are written). Summaries and paired comparisons of two
+        entries (:mod:`xrbench.compare`) both read this one mapping."""
+        return {}
+
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        raise NotImplementedError
+        """By default the metric objects of :meth:`examples`, and no flags."""
+        return Summary(metric_tree(ctx, self.examples(out, ctx.card.grey)))
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return []

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from .runtime import ProtocolCall, RunContext, require_differentiable
-from .stage import Row, Stage, Summary, per_eps_rows, eps_key
+from .stage import Example, Row, Stage, Summary, eps_key, metric_tree, per_eps_rows
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,15 @@ class Accuracy(Stage):
         return {"clean_correct": out["clean_correct"].cpu(),
                 "pgd_correct": out["pgd_correct"].cpu()}
 
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        return {("clean_acc",): Example(out["clean_correct"].float(), scale=100.0),
+                ("pgd_acc",): Example(out["pgd_correct"].float(), scale=100.0)}
+
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        clean = ctx.metric(out["clean_correct"].float(), scale=100.0)
-        pgd = ctx.metric(out["pgd_correct"].float(), scale=100.0)
+        metrics = metric_tree(ctx, self.examples(out, ctx.card.grey))
         chance = 100.0 / ctx.card.num_classes
-        return Summary({"clean_acc": clean, "pgd_acc": pgd},
-                       {"degenerate": (clean["value"] or 0.0) < 2 * chance})
+        return Summary(metrics,
+                       {"degenerate": (metrics["clean_acc"]["value"] or 0.0) < 2 * chance})
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [Row("clean accuracy (%)", metrics.get("clean_acc"), 1.0, 2, "higher",
@@ -87,9 +90,9 @@ class RPS(Stage):
         return {sim: {eps_key(e, False): v.cpu() for e, v in per.items()}
                 for sim, per in values.items()}
 
-    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        return Summary({"rps": {sim: {e: ctx.metric(v) for e, v in per.items()}
-                                for sim, per in out.items() if not sim.startswith("_")}})
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        return {("rps", sim, e): Example(v) for sim, per in out.items()
+                if not sim.startswith("_") for e, v in per.items()}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [row for sim, per in (metrics.get("rps") or {}).items()
@@ -114,8 +117,8 @@ class Insertion(Stage):
         return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
                                          ctx.labels).cpu()}
 
-    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        return Summary({"insertion": ctx.metric(out["scores"])})
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        return {("insertion",): Example(out["scores"])}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [Row("Insertion (%)", metrics.get("insertion"), 1.0, 2, "higher",
@@ -142,8 +145,8 @@ class AdvInsertion(Stage):
         return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
                                          ctx.labels).cpu()}
 
-    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        return Summary({"adv_insertion": ctx.metric(out["scores"])})
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        return {("adv_insertion",): Example(out["scores"])}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [Row("Adv-Insertion (%)", metrics.get("adv_insertion"), 1.0, 2, "higher",
@@ -194,11 +197,10 @@ class Retrieval(Stage):
         return {"eps": [float(e) for e in out["eps"]],
                 "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
 
-    def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        return Summary({"retrieval": {
-            kind: {eps_key(e, ctx.card.grey): ctx.metric(out["hits"][kind][i].float())
-                   for i, e in enumerate(out["eps"])}
-            for kind in RETRIEVAL_KINDS}})
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        return {("retrieval", kind, eps_key(float(e), grey)):
+                Example(out["hits"][kind][i].float())
+                for kind in RETRIEVAL_KINDS for i, e in enumerate(out["eps"])}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [row for kind, per in (metrics.get("retrieval") or {}).items()
@@ -288,19 +290,21 @@ class Manipulation(Stage):
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
         from .metrics.manipulation import CONVERGENCE_TOLERANCE, mean_loss_at, second_half_fall
 
-        victims = out["pairs"][:, 0]  # the bootstrap resamples victims with all their pairs
         fall = second_half_fall(out["loss_trace"], out["trace_points"])
         not_converged = fall > CONVERGENCE_TOLERANCE
         if not_converged:  # expected at the protocol's fixed budget: a note, not a warning
             log.info("manipulation: mean loss fell %.1f%% over the last half of the "
                      "iterations (flag not_converged above %.0f%%)", 100 * fall,
                      100 * CONVERGENCE_TOLERANCE)
-        return Summary({
-            "expl_start": ctx.metric(out["expl_start"], victims, median=True),
-            "expl_end": ctx.metric(out["expl_end"], victims, median=True),
-            "class_changed": ctx.metric(out["class_changed"].float(), victims),
-            "manipulation_loss": mean_loss_at(out["loss_trace"], out["trace_points"]),
-        }, {"not_converged": bool(not_converged)})
+        metrics = metric_tree(ctx, self.examples(out, ctx.card.grey))
+        metrics["manipulation_loss"] = mean_loss_at(out["loss_trace"], out["trace_points"])
+        return Summary(metrics, {"not_converged": bool(not_converged)})
+
+    def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
+        victims = out["pairs"][:, 0]  # the bootstrap resamples victims with all their pairs
+        return {("expl_start",): Example(out["expl_start"], victims, median=True),
+                ("expl_end",): Example(out["expl_end"], victims, median=True),
+                ("class_changed",): Example(out["class_changed"].float(), victims)}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
         return [Row("Expl@start (x1e-7)", metrics.get("expl_start"), 1e7, 1, "",
