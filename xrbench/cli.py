@@ -139,6 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quiet", action="store_true")
 
+    p = sub.add_parser("compare", help="compare two entries metric by metric, paired",
+                       description="B - A for every metric of two entries scored on the same "
+                                   "subset (same dataset, profile, protocol version, manifest "
+                                   "and seed), with a paired bootstrap 95%% interval over the "
+                                   "shared images (victims for pair metrics), read from the "
+                                   "entries' per-example files; 'zero in CI' says whether the "
+                                   "difference could be noise.")
+    p.add_argument("a", metavar="A", help="entry JSON (the reference)")
+    p.add_argument("b", metavar="B", help="entry JSON compared against A")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+
     p = sub.add_parser("leaderboard", help="render markdown tables from a folder of entries",
                        description="One markdown table per (dataset, model, explainer, "
                                    "profile, protocol version), rows sorted by Expl@end.")
@@ -276,6 +287,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .compare import compare
+    from .leaderboard.schema import read_entry
+
+    if args.resamples < 100:
+        raise XRBenchError(f"--resamples {args.resamples} is too few for a 95% interval; "
+                           "use at least 100")
+    rows = []
+    for d in compare(args.a, args.b, n_resamples=args.resamples):
+        scale, unit = (1e7, " (x1e-7)") if d.metric.startswith("expl_") else (1.0, "")
+        rows.append((d.metric + unit, f"{d.a * scale:.4g}", f"{d.b * scale:.4g}",
+                     f"{d.diff * scale:+.4g}", f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]",
+                     "yes" if d.zero_inside else "no", f"{d.n} / {d.units}"))
+    a, b = read_entry(args.a), read_entry(args.b)
+    print(f"A = {a['defense']['name']}, B = {b['defense']['name']} on {a['dataset']['name']} / "
+          f"{a['model']['name']} / {a['explainer']['name']} / profile "
+          f"{a['protocol']['profile']}; paired bootstrap over the shared examples")
+    print(tabulate(rows, headers=["metric", "A", "B", "B - A", "95% CI of B - A", "zero in CI",
+                                  "examples / units"], tablefmt="simple",
+                   disable_numparse=True))
+    return 0
+
+
 def _cmd_subset(args: argparse.Namespace) -> int:
     from . import api
 
@@ -313,7 +349,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": _cmd_list, "recipe": _cmd_recipe, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "subset": _cmd_subset, "leaderboard": _cmd_leaderboard}
+            "subset": _cmd_subset, "compare": _cmd_compare, "leaderboard": _cmd_leaderboard}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

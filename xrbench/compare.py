@@ -1,0 +1,131 @@
+"""Paired comparison of two entries scored on the same subset (``xrbench compare A B``).
+
+Two entries of one (dataset, profile, protocol version, subset manifest) were scored on the
+same images and the same ordered pairs, in the same order. So every metric can be compared
+example by example: the difference ``B - A`` of each metric comes with a **paired** bootstrap
+interval. It resamples the shared examples (images, or victims with all their pairs for pair
+metrics, as PROTOCOL 5.7 does for each entry) and recomputes ``mean(B) - mean(A)`` on the same
+resample. Because the resampling is shared, noise common to both entries cancels out, and the
+interval is much narrower than the two entries' own intervals put side by side. The values
+come from the entries' per-example files; what each metric averages is declared once by its
+stage (:meth:`xrbench.stage.Stage.examples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import XRBenchError
+
+#: entry fields that must agree for two entries to be compared example by example
+SAME = (("dataset", "name"), ("protocol", "version"), ("protocol", "profile"),
+        ("subset", "manifest_sha256"), ("seed",))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One metric of a comparison: A's and B's values (in the entry's units), ``B - A``, its
+    paired 95% bootstrap interval, and how many examples (and resampling units) it rests on."""
+
+    metric: str
+    a: float
+    b: float
+    diff: float
+    lo: float
+    hi: float
+    n: int
+    units: int
+
+    @property
+    def zero_inside(self) -> bool:
+        return self.lo <= 0.0 <= self.hi
+
+
+def _get(entry: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for k in path:
+        entry = entry.get(k, {}) if isinstance(entry, dict) else {}
+    return entry
+
+
+def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Raise :class:`XRBenchError` unless the two entries share dataset, protocol version,
+    profile, subset manifest and seed (so their examples line up one to one)."""
+    for path in SAME:
+        va, vb = _get(a, path), _get(b, path)
+        if va != vb:
+            raise XRBenchError(f"not comparable: {'.'.join(path)} is {va!r} in A and {vb!r} in "
+                               "B; compare entries scored on the same subset, profile, "
+                               "protocol version and seed")
+
+
+def stage_outputs(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per-example file arrays back into each stage's output: ``"rps/cosine/8/255"`` ->
+    ``out["rps"]["cosine"]["8/255"]`` (at most two levels under a stage; the last may hold
+    ``/``, as eps labels do). See :mod:`xrbench.leaderboard.examples`."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, arr in arrays.items():
+        parts = key.split("/", 2)
+        node = out.setdefault(parts[0], {})
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = torch.from_numpy(np.asarray(arr))
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None,
+                      n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float, int]:
+    """``mean(b) - mean(a)`` and its percentile bootstrap 95% interval, resampling examples
+    (or whole ``groups``, e.g. victims) with replacement, the same draw for a and b. Returns
+    (difference, lo, hi, number of resampling units)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise XRBenchError(f"the per-example values do not line up ({a.shape} vs {b.shape})")
+    rng = np.random.default_rng(seed)
+    d = b - a
+    if groups is None:
+        idx = rng.integers(0, d.size, size=(n_resamples, d.size))
+        boot = d[idx].mean(axis=1)
+        units = d.size
+    else:  # a cluster bootstrap: sums and counts per group, groups drawn with replacement
+        ids, inv = np.unique(np.asarray(groups), return_inverse=True)
+        sums, counts = np.bincount(inv, weights=d), np.bincount(inv)
+        pick = rng.integers(0, ids.size, size=(n_resamples, ids.size))
+        boot = sums[pick].sum(axis=1) / counts[pick].sum(axis=1)
+        units = ids.size
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(d.mean()), float(lo), float(hi), int(units)
+
+
+def compare(path_a: str | Path, path_b: str | Path, n_resamples: int = 1000,
+            seed: int = 0) -> list[Difference]:
+    """Every metric both entries hold, compared pair by pair (see the module docstring)."""
+    from .leaderboard.examples import read_examples
+    from .leaderboard.schema import read_entry
+    from .stages import STAGES
+
+    a, b = read_entry(path_a), read_entry(path_b)
+    check_comparable(a, b)
+    out_a = stage_outputs(read_examples(path_a, a))
+    out_b = stage_outputs(read_examples(path_b, b))
+    grey = _get(a, ("dataset", "channels")) == 1  # as DatasetCard.grey
+    rows: list[Difference] = []
+    for stage in sorted(STAGES, key=lambda s: s.summary_rank):  # the summary's order
+        if stage.name not in out_a or stage.name not in out_b:
+            continue
+        ex_a = stage.examples(out_a[stage.name], grey)
+        ex_b = stage.examples(out_b[stage.name], grey)
+        for key in [k for k in ex_a if k in ex_b]:
+            ea, eb = ex_a[key], ex_b[key]
+            groups = None if ea.groups is None else ea.groups.numpy()
+            diff, lo, hi, units = paired_difference(ea.values.numpy() * ea.scale,
+                                                    eb.values.numpy() * eb.scale, groups,
+                                                    n_resamples, seed)
+            rows.append(Difference("/".join(key), float(ea.values.double().mean()) * ea.scale,
+                                   float(eb.values.double().mean()) * eb.scale, diff, lo, hi,
+                                   int(ea.values.numel()), units))
+    return rows
