@@ -257,6 +257,18 @@ def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "au
                         rebuild=rebuild, out=Path(out) if out else None, cache_root=cache_root)
 
 
+def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
+            n_resamples: int = 1000, seed: int = 0) -> list[Any]:
+    """B - A for every metric of two entries on the same subset, each with a paired
+    bootstrap 95% interval (:mod:`xrbench.compare`); a list of ``Difference`` rows."""
+    from .compare import compare as _compare
+
+    if n_resamples < 100:
+        raise XRBenchError(f"{n_resamples} resamples are too few for a 95% interval; use at "
+                           "least 100")
+    return _compare(a, b, n_resamples=n_resamples, seed=seed)
+
+
 def published_results_dir() -> Path:
     """The folder of the published entries shipped with the package."""
     from importlib import resources
