@@ -29,7 +29,8 @@ _ALIGN = ("left", "right", "right", "right", "right", "right", "right", "right",
 GroupKey = tuple[str, str, str, str, Any]
 
 
-def _get(obj: Any, *keys: Any) -> Any:
+def get_field(obj: Any, *keys: Any) -> Any:
+    """``obj[k1][k2]...``, or None where a key is missing or a level is not a mapping."""
     for k in keys:
         if not isinstance(obj, Mapping) or k not in obj:
             return None
@@ -52,9 +53,9 @@ def escape(text: Any) -> str:
 
 def group_key(entry: Mapping[str, Any]) -> GroupKey:
     """(dataset, model, explainer, profile, protocol version) of an entry."""
-    return (str(_get(entry, "dataset", "name")), str(_get(entry, "model", "name")),
-            str(_get(entry, "explainer", "name")), str(_get(entry, "protocol", "profile")),
-            _get(entry, "protocol", "version"))
+    return (str(get_field(entry, "dataset", "name")), str(get_field(entry, "model", "name")),
+            str(get_field(entry, "explainer", "name")),
+            str(get_field(entry, "protocol", "profile")), get_field(entry, "protocol", "version"))
 
 
 def eps_value(key: str) -> float:
@@ -86,12 +87,12 @@ def _expl(x: float | None) -> str:
 
 
 def _value(entry: Mapping[str, Any], *keys: str) -> float | None:
-    return _num(_get(entry, "metrics", *keys, "value"))
+    return _num(get_field(entry, "metrics", *keys, "value"))
 
 
 def flags_text(entry: Mapping[str, Any]) -> str:
     """The entry's true flags: ``degenerate`` first, then ``not_converged``, then others."""
-    flags = _get(entry, "flags") or {}
+    flags = get_field(entry, "flags") or {}
     order = ["degenerate", "not_converged"] + sorted(k for k in flags
                                                      if k not in ("degenerate", "not_converged"))
     return ", ".join(escape(k) for k in order if flags.get(k) is True)
@@ -99,11 +100,11 @@ def flags_text(entry: Mapping[str, Any]) -> str:
 
 def row_cells(entry: Mapping[str, Any]) -> list[str]:
     """The cells of one leaderboard row, in :data:`COLUMNS` order, as display text."""
-    retrieval = _get(entry, "metrics", "retrieval", "relex_adv_mask")
+    retrieval = get_field(entry, "metrics", "retrieval", "relex_adv_mask")
     mid = middle_eps(retrieval)
-    seed = _get(entry, "seed")
+    seed = get_field(entry, "seed")
     return [
-        escape(_get(entry, "defense", "name")),
+        escape(get_field(entry, "defense", "name")),
         MISSING if seed is None else escape(seed),
         _fixed(_value(entry, "clean_acc"), 2),
         _fixed(_value(entry, "pgd_acc"), 2),
@@ -112,16 +113,16 @@ def row_cells(entry: Mapping[str, Any]) -> list[str]:
         _fixed(_value(entry, "rps", "cosine", "8/255"), 3),
         _fixed(_value(entry, "insertion"), 2),
         _fixed(_value(entry, "adv_insertion"), 2),
-        MISSING if mid is None else _fixed(_num(_get(retrieval, mid, "value")), 1, 100.0),
+        MISSING if mid is None else _fixed(_num(get_field(retrieval, mid, "value")), 1, 100.0),
         flags_text(entry),
     ]
 
 
 def _sort_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
     end = _value(entry, "expl_end")
-    seed = _get(entry, "seed")
+    seed = get_field(entry, "seed")
     return (end is None, end if end is not None else 0.0,
-            str(_get(entry, "defense", "name")), seed if isinstance(seed, int) else -1)
+            str(get_field(entry, "defense", "name")), seed if isinstance(seed, int) else -1)
 
 
 def sort_entries(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -150,7 +151,7 @@ def render_table(entries: Sequence[Mapping[str, Any]]) -> str:
     table = tabulate([row_cells(e) for e in entries], headers=list(COLUMNS), tablefmt="github",
                      disable_numparse=True, colalign=_ALIGN)
     mids = sorted({m for e in entries
-                   if (m := middle_eps(_get(e, "metrics", "retrieval", "relex_adv_mask")))},
+                   if (m := middle_eps(get_field(e, "metrics", "retrieval", "relex_adv_mask")))},
                   key=lambda k: (eps_value(k) if _is_eps(k) else 0.0, k))
     notes = [
         "Rows sorted by Expl@end ascending (lower = the manipulation got closer to its target "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import XRBenchError
+from .leaderboard.render import get_field
 
 #: entry fields that must agree for two entries to be compared example by example
 SAME = (("dataset", "name"), ("protocol", "version"), ("protocol", "profile"),
@@ -46,17 +47,11 @@ class Difference:
         return self.lo <= 0.0 <= self.hi
 
 
-def _get(entry: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for k in path:
-        entry = entry.get(k, {}) if isinstance(entry, dict) else {}
-    return entry
-
-
 def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Raise :class:`XRBenchError` unless the two entries share dataset, protocol version,
     profile, subset manifest and seed (so their examples line up one to one)."""
     for path in SAME:
-        va, vb = _get(a, path), _get(b, path)
+        va, vb = get_field(a, *path), get_field(b, *path)
         if va != vb:
             raise XRBenchError(f"not comparable: {'.'.join(path)} is {va!r} in A and {vb!r} in "
                                "B; compare entries scored on the same subset, profile, "
@@ -112,7 +107,7 @@ def compare(path_a: str | Path, path_b: str | Path, n_resamples: int = 1000,
     check_comparable(a, b)
     out_a = stage_outputs(read_examples(path_a, a))
     out_b = stage_outputs(read_examples(path_b, b))
-    grey = _get(a, ("dataset", "channels")) == 1  # as DatasetCard.grey
+    grey = get_field(a, "dataset", "channels") == 1  # as DatasetCard.grey
     rows: list[Difference] = []
     for stage in sorted(STAGES, key=lambda s: s.summary_rank):  # the summary's order
         if stage.name not in out_a or stage.name not in out_b:
