@@ -332,7 +332,8 @@ def test_imagefolder(tmp_path: Path) -> None:
     _image_tree(base)
     ds = load_dataset(f"imagefolder:{base}")
     card = ds.card
-    assert card.name == f"imagefolder:{base}"
+    assert card.name.startswith("imagefolder:") and len(card.name) == len("imagefolder:") + 12
+    assert str(base) in card.source  # the path is information, not identity
     assert card.channels == 3 and card.size == 64 and card.num_classes == 3
     assert card.train_size == 6 and card.test_size == 3
     assert card.mean == IMAGENET_MEAN and card.std == IMAGENET_STD
@@ -469,3 +470,119 @@ def test_failed_download_leaves_no_new_folders(tmp_path, monkeypatch):
     with pytest.raises(XRBenchError, match="not found"):
         load_dataset("mnist", existing)
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+# --- what a user meets off digits (issue 12, item 6) ----------------------------------------
+
+def test_imagefolder_identity_is_its_files_not_its_path(tmp_path: Path) -> None:
+    """Moving or renaming the folder keeps the dataset's name (and so its cache keys,
+    manifest and table); changing a file's size or name, or the image side, changes it."""
+    base = tmp_path / "imgs"
+    _image_tree(base)
+    name = load_dataset(f"imagefolder:{base}").card.name
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    base.rename(moved)
+    card = load_dataset(f"imagefolder:{moved}").card
+    assert card.name == name
+    assert str(moved) in card.source and str(base) not in card.source
+    # a stray non-image file is not part of the data, so not of the identity
+    (moved / "train" / "cat" / "notes.txt").write_text("not an image")
+    assert load_dataset(f"imagefolder:{moved}").card.name == name
+    assert load_dataset(f"imagefolder:{moved}", size=16).card.name != name
+
+    noise = np.random.default_rng(5).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(moved / "val" / "dog" / "0.png")  # same name, other size
+    assert load_dataset(f"imagefolder:{moved}").card.name != name  # other size in bytes
+    again = tmp_path / "again"
+    _image_tree(again)
+    assert load_dataset(f"imagefolder:{again}").card.name == name  # same files, same name
+    (again / "train" / "cat" / "1.png").rename(again / "train" / "cat" / "2.png")
+    assert load_dataset(f"imagefolder:{again}").card.name != name  # other file list
+
+
+def _cifar_folder(root: Path, ten: bool) -> Path:
+    """A tiny CIFAR folder in torchvision's layout; its md5s are not the published ones."""
+    rng = np.random.default_rng(3)
+    base = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
+    base.mkdir(parents=True)
+    key, classes = ("labels", 10) if ten else ("fine_labels", 100)
+    for f in ([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten
+              else ["train", "test"]):
+        _pickle(base / f, _cifar_batch(rng, 2, key, classes)[0])
+    meta = ({"label_names": [f"c{i}" for i in range(10)]} if ten
+            else {"fine_label_names": [f"f{i}" for i in range(100)]})
+    _pickle(base / ("batches.meta" if ten else "meta"), meta)
+    return base
+
+
+@pytest.mark.parametrize("name,first,md5", [
+    ("cifar10", "data_batch_1", "c99cafc152244af753f735de768cd75f"),
+    ("cifar100", "train", "16019d7e3df5f24257cddd939b257f8d"),
+])
+def test_cifar_folder_failing_md5_is_reported_as_found_and_corrupt(
+        tmp_path: Path, name: str, first: str, md5: str) -> None:
+    import hashlib
+
+    base = _cifar_folder(tmp_path, ten=name == "cifar10")
+    with pytest.raises(XRBenchError) as info:
+        load_dataset(name, data_dir=tmp_path)
+    msg = str(info.value)
+    actual = hashlib.md5((base / first).read_bytes()).hexdigest()
+    assert "not found" not in msg
+    assert f"found {base}" in msg and f"file {first!r}" in msg
+    assert f"md5 {actual}, expected {md5}" in msg
+    assert "extract" in msg and f"delete {base}" in msg and "\n" not in msg
+
+
+def test_cifar_folder_missing_a_file_names_it(tmp_path: Path, _skip_md5) -> None:
+    base = _cifar_folder(tmp_path, ten=True)
+    (base / "data_batch_3").unlink()
+    with pytest.raises(XRBenchError) as info:
+        load_dataset("cifar10", data_dir=tmp_path)
+    msg = str(info.value)
+    assert f"found {base}" in msg and "'data_batch_3' is missing" in msg and "extract" in msg
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_mnist_like_from_the_original_gz_files(tmp_path: Path, name: str, folder: str) -> None:
+    """Only the four published ``.gz`` archives: decompressed beside themselves and read."""
+    import gzip
+
+    rng = np.random.default_rng(4)
+    raw = tmp_path / folder / "raw"
+    raw.mkdir(parents=True)
+    tr_x, tr_y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6) % 10
+    te_x, te_y = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), np.array([7, 0, 9, 1])
+    for stem, writer, arr in (("train-images-idx3-ubyte", _write_idx_images, tr_x),
+                              ("train-labels-idx1-ubyte", _write_idx_labels, tr_y),
+                              ("t10k-images-idx3-ubyte", _write_idx_images, te_x),
+                              ("t10k-labels-idx1-ubyte", _write_idx_labels, te_y)):
+        writer(raw / stem, arr)
+        (raw / f"{stem}.gz").write_bytes(gzip.compress((raw / stem).read_bytes()))
+        (raw / stem).unlink()
+    assert sorted(p.suffix for p in raw.iterdir()) == [".gz"] * 4
+
+    ds = load_dataset(name, data_dir=tmp_path)
+    for split, xs, ys in ((ds.train, tr_x, tr_y), (ds.test, te_x, te_y)):
+        x, y = _all(split)
+        assert torch.equal(x, torch.from_numpy(xs).float()[:, None] / 255.0)
+        assert y.tolist() == ys.tolist()
+    assert len(list(raw.glob("*.gz"))) == 4 and len(list(raw.glob("*-ubyte"))) == 4
+    assert not list(raw.glob(".*"))  # no temporary files left
+
+
+def test_mnist_truncated_gz_names_the_file(tmp_path: Path) -> None:
+    import gzip
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / f"{stem}.gz").write_bytes(gzip.compress(os.urandom(4096))[:2000])
+    with pytest.raises(XRBenchError) as info:
+        load_dataset("mnist", data_dir=tmp_path)
+    msg = str(info.value)
+    assert "cannot decompress" in msg and "train-images-idx3-ubyte.gz" in msg
+    assert "download it again" in msg
+    assert not (raw / "train-images-idx3-ubyte").exists()

@@ -8,6 +8,9 @@ from disk for ``imagefolder:PATH``.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -20,6 +23,7 @@ import torch
 
 from .errors import XRBenchError
 from .registry import datasets
+from .utils import atomic_write_bytes, sha256_bytes
 from .utils import data_dir as default_data_dir
 
 log = logging.getLogger(__name__)
@@ -217,15 +221,95 @@ _digits.card = DIGITS_CARD  # type: ignore[attr-defined]
 
 # --- torchvision datasets ----------------------------------------------------------------------
 
+def _md5_file(path: Path) -> str:
+    h = hashlib.md5()  # torchvision's integrity check is md5; used only to name a bad file
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cifar_integrity_error(cls: Any, name: str, root: Path) -> XRBenchError | None:
+    """Why torchvision rejected a CIFAR folder that is there, or None when it is not there.
+
+    torchvision reports a folder whose files fail its md5 check exactly as a missing one
+    ("Dataset not found or corrupted"). When ``root/<cls.base_folder>`` exists, this checks
+    its files in torchvision's order (training batches, test batch, metadata) with
+    torchvision's own ``check_integrity`` and returns an error naming the first file that is
+    missing or whose md5 differs from the published one, and what to do about it.
+    """
+    from torchvision.datasets import cifar as tv_cifar
+
+    folder = Path(root) / cls.base_folder
+    if not folder.is_dir():
+        return None
+    files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+    archive = {"cifar-10-batches-py": "cifar-10-python.tar.gz",
+               "cifar-100-python": "cifar-100-python.tar.gz"}.get(cls.base_folder, "the archive")
+    advice = (f"delete {folder} and extract {archive} (from https://www.cs.toronto.edu/~kriz/) "
+              f"into {root} again, or run once online to download it")
+    for fname, md5 in files:
+        path = folder / fname
+        if not path.is_file():
+            return XRBenchError(f"dataset {name!r}: found {folder}, but its file {fname!r} is "
+                                f"missing (an incomplete extraction?); {advice}")
+        if not tv_cifar.check_integrity(str(path), md5):
+            return XRBenchError(
+                f"dataset {name!r}: found {folder}, but its file {fname!r} fails torchvision's "
+                f"md5 integrity check (md5 {_md5_file(path)}, expected {md5}: the download or "
+                f"extraction is incomplete, or the file was changed); {advice}")
+    return None
+
+
+def extract_mnist_gz(cls: Any, root: Path) -> list[Path]:
+    """Decompress ``<root>/<Class>/raw/*-ubyte.gz`` where only the ``.gz`` file is there.
+
+    torchvision reads the decompressed idx files and only extracts the ``.gz`` archives
+    inside its download step; the original archives are accepted here, as torchvision would
+    after a download: each is decompressed beside itself (atomically) and kept. Returns the
+    files written. A truncated or non-gzip file, or a read-only folder, is an
+    :class:`XRBenchError` naming the file.
+    """
+    raw = Path(root) / cls.__name__ / "raw"
+    written: list[Path] = []
+    for url, _md5 in cls.resources:
+        gz = raw / os.path.basename(url)
+        target = raw / os.path.splitext(gz.name)[0]
+        if target.exists() or not gz.is_file():
+            continue
+        try:
+            with gzip.open(gz, "rb") as src:
+                data = src.read()  # at most 47 MB (MNIST's training images)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise XRBenchError(f"cannot decompress {gz} ({type(exc).__name__}: {exc}); it is "
+                               "truncated or not a gzip file: download it again, or put the "
+                               f"decompressed {target.name} beside it") from None
+        try:
+            atomic_write_bytes(target, data)
+        except OSError as exc:
+            raise XRBenchError(f"cannot write {target} beside {gz.name} ({exc.strerror or exc});"
+                               f" make {raw} writable, or decompress the file there yourself "
+                               f"(gunzip -k {gz})") from None
+        log.info("decompressed %s (torchvision reads the idx file)", gz)
+        written.append(target)
+    return written
+
+
 def _torchvision(cls_name: str, name: str, root: Path, hint: str) -> tuple[Any, Any]:
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
+    if hasattr(cls, "resources") and (root / cls_name / "raw").is_dir():
+        extract_mnist_gz(cls, root)  # MNIST-like: the original .gz files are enough
     splits = []
     for train in (True, False):
         try:
             ds = cls(str(root), train=train, download=False)
         except RuntimeError:
+            if hasattr(cls, "base_folder"):  # CIFAR: there but corrupt is not "not found"
+                corrupt = cifar_integrity_error(cls, name, root)
+                if corrupt is not None:
+                    raise corrupt from None
             if _offline():
                 raise _missing(name, root, hint) from None
             # a failed download must not leave folders the user did not have (an empty
@@ -260,10 +344,12 @@ def _torchvision_dataset(cls_name: str, card: DatasetCard, hint: str):
 _TV = [
     ("MNIST", DatasetCard("mnist", 1, 28, 10, (0.1307,), (0.3081,), 60000, 10000,
                           "torchvision MNIST"),
-     "put MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte there"),
+     "put MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the same files "
+     "with .gz) there"),
     ("FashionMNIST", DatasetCard("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), 60000, 10000,
                                  "torchvision FashionMNIST"),
-     "put FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte there"),
+     "put FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the same "
+     "files with .gz) there"),
     ("CIFAR10", DatasetCard("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465),
                             (0.2470, 0.2435, 0.2616), 50000, 10000, "torchvision CIFAR10"),
      "put the extracted cifar-10-batches-py folder there"),
@@ -374,6 +460,26 @@ def _imagefolder(path: str, root: Path | None = None, size: int = 64) -> Dataset
     tr, te = ImageFolder(str(base / "train")), ImageFolder(str(test_dir))
     if tr.classes != te.classes:
         raise XRBenchError(f"imagefolder: {base}/train and {test_dir} have different classes")
-    card = DatasetCard(f"imagefolder:{base}", 3, size, len(tr.classes), IMAGENET_MEAN,
-                       IMAGENET_STD, len(tr), len(te), f"torchvision ImageFolder {base}")
+    digest = imagefolder_digest(base, [tr, te], size)
+    card = DatasetCard(f"imagefolder:{digest[:12]}", 3, size, len(tr.classes), IMAGENET_MEAN,
+                       IMAGENET_STD, len(tr), len(te),
+                       f"torchvision ImageFolder at {base} (name: sha256 {digest[:12]} of its "
+                       f"{len(tr) + len(te)} images' relative paths and sizes)")
     return Dataset(card, LazyImageSplit(tr, size), LazyImageSplit(te, size))
+
+
+def imagefolder_digest(base: Path, folders: list[Any], size: int) -> str:
+    """sha256 (hex) identifying an ``imagefolder:PATH`` dataset wherever it lies.
+
+    Hashed: every image file the splits read (``folders``: torchvision ``ImageFolder``s, in
+    train, test order) as its path relative to ``base`` (which names its split and class)
+    with its size in bytes, and the side ``size`` the images are resized to. Not hashed:
+    ``base`` itself, so moving or renaming the folder keeps the dataset's cache keys, subset
+    manifest and leaderboard table; files ImageFolder skips (non-images) do not count. One
+    ``stat`` per image: a few seconds for ImageNet's 1.3 million files on a local disk.
+    """
+    root = os.fspath(base)
+    rows = [[os.path.relpath(path, root).replace(os.sep, "/"), os.stat(path).st_size]
+            for folder in folders for path, _ in folder.samples]
+    body = json.dumps({"files": rows, "image_size": size}, separators=(",", ":"))
+    return sha256_bytes(body.encode())
