@@ -61,3 +61,158 @@ def test_a_cached_manifest_that_is_not_an_object_is_a_clear_error(tmp_path):
 
     with pytest.raises(XRBenchError, match="holds a JSON list, not an object"):
         check_manifest([1, 2], str(tmp_path / "m.json"))
+
+
+# --- the extractor (PROTOCOL 4.1): trained reference, short recipe, ImageNet weights --------
+
+def _tiny(channels: int = 3, side: int = 8, n_train: int = 32, n_test: int = 40):
+    """A small in-memory dataset: per class a bright square at its own place, plus noise."""
+    import torch
+
+    from xrbench.data import Dataset, DatasetCard, TensorSplit
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int):
+        y = torch.arange(n) % 10
+        x = torch.rand(n, channels, side, side, generator=g) * 0.3
+        for c in range(10):
+            r, k = divmod(c % 4, 2)
+            x[y == c, :, r * side // 2:(r + 1) * side // 2, k * side // 2:(k + 1) * side // 2] += 0.5
+        return TensorSplit(x.clamp(0, 1), y)
+
+    card = DatasetCard("tiny-subset-test", channels, side, 10, (0.3,) * channels,
+                       (0.3,) * channels, n_train, n_test)
+    return Dataset(card, split(n_train), split(n_test))
+
+
+def _random_imagenet_resnet18(path):
+    """What torchvision's ImageNet weights file holds, randomly initialised (no download)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_imagenet_extractor_from_a_weights_file(tmp_path):
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    from xrbench.subset import ExtractorSpec, get_manifest, load_imagenet_extractor
+    from xrbench.utils import sha256_file
+
+    weights = _random_imagenet_resnet18(tmp_path / "resnet18-imagenet.pth")
+    ds = _tiny(channels=1, side=8, n_test=30)
+    timing: dict[str, float] = {}
+    spec = ExtractorSpec(weights=str(weights))
+    m, where = get_manifest(ds, 2, torch.device("cpu"), extractor=spec, progress=False,
+                            cache_root=tmp_path, timing=timing)
+    digest = sha256_file(weights)
+    ext = m["extractor"]
+    assert ext["kind"] == "imagenet" and ext["checkpoint_sha256"] == digest
+    assert ext["reference"] is False and ext["features"] == "penultimate layer (512-d)"
+    assert "224x224" in ext["input"] and "ImageNet mean/std" in ext["input"]
+    assert where.endswith(f"tiny-subset-test-k10-n2-imagenet-{digest[:12]}.json")
+    assert len(m["indices"]) == len(set(m["indices"])) == 20 and timing["extractor"] > 0
+    # no training happened: no checkpoint in the cache
+    assert not (tmp_path / "checkpoints").exists()
+    again, where2 = get_manifest(ds, 2, torch.device("cpu"), extractor=spec, progress=False,
+                                 cache_root=tmp_path, timing=timing)
+    assert again == m and where2 == where and timing["extractor"] == 0.0
+
+    # the features are torchvision's resnet18 without fc on the resized, normalised RGB image
+    model, d2 = load_imagenet_extractor(str(weights), channels=1)
+    assert d2 == digest
+    ref = torchvision.models.resnet18(weights=None)
+    ref.load_state_dict(torch.load(weights, weights_only=True))
+    ref.fc = torch.nn.Identity()
+    ref.eval()
+    x, _ = ds.test.get_batch(torch.arange(3))
+    big = F.interpolate(x.expand(-1, 3, -1, -1), size=(224, 224), mode="bilinear",
+                        align_corners=False, antialias=True)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.features(x), ref((big - mean) / std))
+        assert model(x).shape == (3, 1000)
+
+
+def test_imagenet_extractor_rejects_wrong_files(tmp_path):
+    import torch
+
+    from xrbench.data import DatasetCard
+    from xrbench.errors import XRBenchError
+    from xrbench.models import create_model
+    from xrbench.subset import ExtractorSpec, load_imagenet_extractor
+
+    ours = tmp_path / "cifar-resnet18.pt"  # the project's CIFAR-style ResNet18: other shapes
+    card = DatasetCard("c", 3, 32, 10, (0.5,) * 3, (0.25,) * 3)
+    torch.save(create_model("resnet18", card).net.state_dict(), ours)
+    with pytest.raises(XRBenchError, match="does not fit torchvision's ResNet18"):
+        load_imagenet_extractor(str(ours), 3)
+    named = _random_imagenet_resnet18(tmp_path / "resnet18-f37072fd.pth")
+    with pytest.raises(XRBenchError, match="does not start with the f37072fd its name promises"):
+        load_imagenet_extractor(str(named), 3)
+    with pytest.raises(XRBenchError, match="no such file"):
+        ExtractorSpec(weights=str(tmp_path / "absent.pth")).check()
+    with pytest.raises(XRBenchError, match="weights_only=True"):
+        (tmp_path / "code.pth").write_bytes(b"not a torch file")
+        load_imagenet_extractor(str(tmp_path / "code.pth"), 3)
+
+
+@pytest.mark.slow
+def test_short_extractor_is_recorded_cached_apart_and_logged(tmp_path, caplog):
+    import logging
+
+    import torch
+
+    from xrbench.subset import ExtractorSpec, get_manifest
+
+    ds = _tiny()
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="xrbench.subset"):
+        short, where = get_manifest(ds, 2, cpu, extractor=ExtractorSpec(epochs=1),
+                                    progress=False, cache_root=tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name == "xrbench.subset"]
+    assert lines == ["training the subset's short (smoke profile) extractor (ResNet18, normal, "
+                     "1 epoch) - once per dataset, cached"]
+    ext = short["extractor"]
+    assert ext["kind"] == "trained" and ext["reference"] is False
+    assert ext["recipe"] == {"epochs": 1, "batch_size": 64, "lr": 1e-3}
+    assert where.endswith("tiny-subset-test-k10-n2-normal-e1.json")
+
+    caplog.clear()  # the extractor is a cached checkpoint: a rebuild does not train again
+    with caplog.at_level(logging.INFO, logger="xrbench.subset"):
+        rebuilt, _ = get_manifest(ds, 2, cpu, extractor=ExtractorSpec(epochs=1), rebuild=True,
+                                  progress=False, cache_root=tmp_path)
+    assert rebuilt == short and not [r for r in caplog.records if r.name == "xrbench.subset"]
+    ckpts = list((tmp_path / "checkpoints" / "tiny-subset-test" / "resnet18").glob("*.pt"))
+    assert len(ckpts) == 1
+
+    # the reference manifest is another file; both stay in the cache
+    with caplog.at_level(logging.INFO, logger="xrbench.subset"):
+        ref, ref_where = get_manifest(ds, 2, cpu, progress=False, cache_root=tmp_path)
+    assert "reference extractor (ResNet18, normal, 25 epochs)" in caplog.text
+    assert ref_where.endswith("tiny-subset-test-k10-n2.json")
+    assert ref["extractor"]["reference"] is True and ref["extractor"]["recipe"]["epochs"] == 25
+    assert ref["sha256"] != short["sha256"]
+    assert sorted(p.name for p in (tmp_path / "manifests").iterdir()) == [
+        "tiny-subset-test-k10-n2-normal-e1.json", "tiny-subset-test-k10-n2.json"]
+
+
+def test_smoke_takes_the_shipped_reference_manifest(digits, tmp_path):
+    import torch
+
+    from xrbench.protocol import get_profile
+    from xrbench.subset import ExtractorSpec, get_manifest
+
+    smoke = get_profile("smoke")
+    assert smoke.extractor_epochs == 1 and get_profile("quick").extractor_epochs is None
+    m, where = get_manifest(digits, smoke.per_cluster, torch.device("cpu"),
+                            extractor=ExtractorSpec(smoke.extractor_epochs), progress=False,
+                            cache_root=tmp_path)
+    assert where == "package" and m == packaged_manifest("digits", 2)

@@ -154,7 +154,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              checkpoint_sha256: str | None = None, overrides: dict[str, str] | None = None,
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
              retrain: bool = False, force: bool = False, progress: bool = True,
-             beta: float = DEFAULT_BETA, cache_root: Path | None = None) -> Result:
+             beta: float = DEFAULT_BETA, cache_root: Path | None = None,
+             extractor_weights: str | os.PathLike[str] | None = None) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
     and write its JSON entry to
     ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, with its
@@ -163,6 +164,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     ``checkpoint`` scores user-supplied weights (a state dict for ``model``) instead of
     training; its sha256 is checked against ``checkpoint_sha256`` or its sidecar JSON.
     ``force`` recomputes every stage and replaces an existing entry of a different run.
+    ``extractor_weights`` builds the subset with torchvision's ImageNet ResNet18 from that
+    weights file instead of the trained reference extractor (PROTOCOL 4.1).
     """
     from .entry import build_entry
     from .explainers import get_explainer
@@ -173,7 +176,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .runtime import RunContext, StageCache
     from .stage import run_stages
     from .stages import STAGES
-    from .subset import get_manifest
+    from .subset import ExtractorSpec, get_manifest
 
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     check_seed(seed)
@@ -185,6 +188,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     expl = get_explainer(explainer)
     dev = resolve_device(device)
     ds = load_dataset(dataset, data_dir)
+    spec = ExtractorSpec(prof.extractor_epochs,
+                         None if extractor_weights is None else os.fspath(extractor_weights))
+    spec.check()  # a wrong --extractor-weights fails now, not after the training
 
     if prof.train_epochs is not None and checkpoint is None:
         overrides = {"epochs": str(prof.train_epochs), **(overrides or {})}
@@ -195,9 +201,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         beta=beta, cache_root=cache_root)
     timing = {"train": round(train_seconds, 3)}
     t1 = time.perf_counter()
-    manifest, _ = get_manifest(ds, prof.per_cluster, dev, progress=progress,
-                               cache_root=cache_root)
-    timing["subset"] = round(time.perf_counter() - t1, 3)
+    manifest, _ = get_manifest(ds, prof.per_cluster, dev, extractor=spec, progress=progress,
+                               cache_root=cache_root, timing=timing)
+    timing["subset"] = round(time.perf_counter() - t1 - timing["extractor"], 3)
     images, labels = ds.test.get_batch(torch.tensor(manifest["indices"]))
 
     ctx = RunContext(
@@ -217,7 +223,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
                         checkpoint=ckpt_info, model_info=model_info)
     examples = flatten(ran.outputs)
     done = _write(entry_path(out_dir, entry), entry, examples, force, cache_root)
-    seconds = {"train": timing["train"], "subset": timing["subset"], **ran.seconds,
+    seconds = {"train": timing["train"], "extractor": timing["extractor"],
+               "subset": timing["subset"], **ran.seconds,
                "total": timing["total"]}
     return Result(done.entry, done.path, done.written, ctx.reused_stages, examples, seconds)
 
@@ -243,18 +250,24 @@ def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "au
            data_dir: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] | None = None,
            rebuild: bool = False, force: bool = False, progress: bool = True,
-           cache_root: Path | None = None) -> tuple[dict[str, Any], str]:
+           cache_root: Path | None = None,
+           extractor_weights: str | os.PathLike[str] | None = None
+           ) -> tuple[dict[str, Any], str]:
     """The frozen subset manifest of ``dataset`` at ``profile``'s size (PROTOCOL 4): the
     shipped or cached one, else built; ``out`` writes it to that file too (an existing file
-    only with ``force``). Returns (manifest, where it came from)."""
-    from .subset import get_manifest
+    only with ``force``). The extractor is the profile's (:func:`evaluate`), or torchvision's
+    ImageNet ResNet18 from ``extractor_weights``. Returns (manifest, where it came from)."""
+    from .subset import ExtractorSpec, get_manifest
 
     if out is not None and Path(out).exists() and not force:
         raise XRBenchError(f"{out} exists; pass --force to overwrite it, or another --out")
     prof = get_profile(profile)
     ds = load_dataset(dataset, data_dir)
-    return get_manifest(ds, prof.per_cluster, resolve_device(device), progress=progress,
-                        rebuild=rebuild, out=Path(out) if out else None, cache_root=cache_root)
+    spec = ExtractorSpec(prof.extractor_epochs,
+                         None if extractor_weights is None else os.fspath(extractor_weights))
+    return get_manifest(ds, prof.per_cluster, resolve_device(device), extractor=spec,
+                        progress=progress, rebuild=rebuild, out=Path(out) if out else None,
+                        cache_root=cache_root)
 
 
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,

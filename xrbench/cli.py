@@ -35,6 +35,11 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, str]:
     return out
 
 
+EXTRACTOR_HELP = ("build the subset with torchvision's ImageNet ResNet18 from this weights file "
+                  "(resnet18-f37072fd.pth; never downloaded) instead of training the reference "
+                  "ResNet18 on the dataset; its sha256 goes into the manifest")
+
+
 def _add_common(p: argparse.ArgumentParser, *, defense_default: str | None = "normal") -> None:
     p.add_argument("--dataset", default="digits",
                    help="dataset name (default: digits, embedded and offline); see `xrbench list "
@@ -123,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expected sha256 of --checkpoint (else its sidecar JSON, if any)")
     p.add_argument("--force", action="store_true",
                    help="recompute every stage and replace an existing entry")
+    p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
 
     p = sub.add_parser("subset", help="build (or show) the frozen evaluation subset manifest",
                        description="Build the section-4 subset manifest for a dataset: "
@@ -135,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the manifest here too (an existing file only with --force)")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.add_argument("--rebuild", action="store_true", help="build even if one exists")
+    p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -274,7 +281,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        out=args.out, checkpoint=args.checkpoint,
                        checkpoint_sha256=args.checkpoint_sha256, overrides=overrides,
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
-                       force=args.force, progress=_bars(args))
+                       force=args.force, progress=_bars(args),
+                       extractor_weights=args.extractor_weights)
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" + (" (cached)" if k in res.reused_stages else "")
                        for k, v in res.seconds.items())
@@ -314,7 +322,8 @@ def _cmd_subset(args: argparse.Namespace) -> int:
 
     manifest, where = api.subset(args.dataset, args.profile, device=args.device,
                                  data_dir=args.data_dir, out=args.out, rebuild=args.rebuild,
-                                 force=args.force, progress=_bars(args))
+                                 force=args.force, progress=_bars(args),
+                                 extractor_weights=args.extractor_weights)
     v = manifest["validity"]
     print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
           f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "
@@ -356,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
+        if not getattr(args, "quiet", True):  # the subset extractor's step, bar or not
+            logging.getLogger("xrbench.subset").setLevel(logging.INFO)
         if not getattr(args, "quiet", True) and not sys.stderr.isatty():
             for name in ("xrbench.api", "xrbench.train"):  # a line per stage and per epoch
                 logging.getLogger(name).setLevel(logging.INFO)

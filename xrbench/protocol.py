@@ -6,7 +6,10 @@ silent constant. Values the protocol fixes (RelEx 50 x 50, RPS 10 draws,
 PGD 10 steps...) keep their protocol value in ``paper`` and ``quick``; only ``smoke`` (tests
 and CI) shrinks them, and says so in its parameters. ``smoke`` also trains a short recipe
 (3 epochs unless ``--epochs`` says otherwise): the recipe, and so its hash, records it, so a
-smoke checkpoint never passes for the reference one.
+smoke checkpoint never passes for the reference one. Its subset extractor trains 1 epoch
+instead of the reference 25 (the manifest records the recipe and is cached under another
+name, :class:`xrbench.subset.ExtractorSpec`), except where the package ships the reference
+manifest (digits).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Profile:
     bootstrap_resamples: int = 1000  # 5.7
     pair_batch: int = 512  # pairs per manipulation chunk (memory/speed only; results independent)
     train_epochs: int | None = None  # a short recipe for this profile (None: the reference)
+    extractor_epochs: int | None = None  # the subset extractor's short recipe (None: reference)
 
     @property
     def n_images(self) -> int:
@@ -75,7 +79,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", per_cluster=2, manipulation_iterations=20, manipulation_lr=5e-3,
                      pgd_max_images=200, rps_draws=4, adv_insertion_iterations=10,
                      relex_iterations=10, relex_samples=8, landscape_pairs=20,
-                     landscape_points=5, bootstrap_resamples=200, train_epochs=3),
+                     landscape_points=5, bootstrap_resamples=200, train_epochs=3,
+                     extractor_epochs=1),
 }
 
 

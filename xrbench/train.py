@@ -65,12 +65,13 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
         progress: bool = True, start_epoch: int = 0,
         optimizer_state: dict[str, Any] | None = None,
         on_epoch_end: Callable[[int, torch.optim.Optimizer, dict[str, float]], None] | None = None,
-        ) -> list[dict[str, float]]:
+        label: str = "train") -> list[dict[str, float]]:
     """Train ``model`` in place with Adam on ``defense.loss`` for epochs ``start_epoch..epochs``.
 
     ``data_generator`` (CPU) shuffles the split each epoch; ``defense.state.epoch`` is set to
     the fractional epoch before each step. Raises :class:`NonFiniteLoss` on a NaN/inf loss.
-    Returns one record per epoch: mean loss and seconds.
+    ``label`` names the step on the progress bar and in the per-epoch log lines (the subset's
+    extractor trains as its own step). Returns one record per epoch: mean loss and seconds.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     if optimizer_state is not None:
@@ -79,13 +80,13 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
     steps = max(1, (n + batch_size - 1) // batch_size)
     history: list[dict[str, float]] = []
     bar = tqdm(total=(epochs - start_epoch) * steps, disable=not progress, unit="step",
-               desc="train", dynamic_ncols=True)
+               desc=label, dynamic_ncols=True)
     for epoch in range(start_epoch, epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n, generator=data_generator)
         model.train()
         total, count = 0.0, 0
-        bar.set_description(f"train epoch {epoch + 1}/{epochs}")
+        bar.set_description(f"{label} epoch {epoch + 1}/{epochs}")
         for step in range(steps):
             bar.update(1)
             idx = perm[step * batch_size:(step + 1) * batch_size]
@@ -107,8 +108,8 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
         record = {"epoch": epoch + 1, "loss": total / max(1, count),
                   "seconds": time.perf_counter() - t0}
         history.append(record)
-        log.info("epoch %d/%d loss %.4f (%.1f s)", epoch + 1, epochs, record["loss"],
-                 record["seconds"])
+        log.info("%sepoch %d/%d loss %.4f (%.1f s)", "" if label == "train" else f"{label} ",
+                 epoch + 1, epochs, record["loss"], record["seconds"])
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, opt, record)
     bar.close()
@@ -122,31 +123,39 @@ def build_recipe(defense_name: str, card: Any, model_name: str,
     return cls.Recipe.from_overrides(dict(overrides or {})).resolve(card, model_name)
 
 
+def checkpoint_key(card: Any, model_name: str, defense_name: str,
+                   overrides: dict[str, str] | None = None, seed: int = 0,
+                   beta: float = DEFAULT_BETA) -> tuple[CheckpointKey, Any]:
+    """(cache key, resolved recipe) of the checkpoint :func:`get_trained_model` makes or
+    reuses; ``key.path(cache_root).is_file()`` says whether it is cached already."""
+    recipe = build_recipe(defense_name, card, model_name, overrides)
+    model_cfg = {"name": model_name, "beta": beta, "activation": "softplus"}
+    return CheckpointKey(card.name, model_cfg, defense_name, recipe.to_dict(), seed), recipe
+
+
 def get_trained_model(dataset: Dataset, model_name: str = "convnet", defense_name: str = "normal",
                       *, overrides: dict[str, str] | None = None, seed: int = 0,
                       device: torch.device = torch.device("cpu"), retrain: bool = False,
                       progress: bool = True, beta: float = DEFAULT_BETA,
-                      cache_root: Path | None = None) -> TrainedModel:
+                      cache_root: Path | None = None, label: str = "train") -> TrainedModel:
     """The checkpoint for (dataset, model, defense, recipe, seed): loaded from the cache when
-    present (sha256-checked), else trained (resuming a partial run) and cached."""
-    card = dataset.card
+    present (sha256-checked), else trained (resuming a partial run) and cached. ``label``
+    names the training on its progress bar and log lines."""
     defense_cls = defenses.get(defense_name)
-    recipe = build_recipe(defense_name, card, model_name, overrides)
-    model_cfg = {"name": model_name, "beta": beta, "activation": "softplus"}
-    key = CheckpointKey(card.name, model_cfg, defense_name, recipe.to_dict(), seed)
+    key, recipe = checkpoint_key(dataset.card, model_name, defense_name, overrides, seed, beta)
     path = key.path(cache_root)
 
     # one process trains a key at a time; a second one waits, then reuses the checkpoint
     with file_lock(lock_file(f"checkpoint-{hash_config(str(path.resolve()))}", cache_root)):
         return _load_or_train(dataset, model_name, defense_cls, defense_name, recipe, key,
                               path, seed=seed, device=device, retrain=retrain,
-                              progress=progress, beta=beta)
+                              progress=progress, beta=beta, label=label)
 
 
 def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_name: str,
                    recipe: Any, key: CheckpointKey, path: Path, *, seed: int,
-                   device: torch.device, retrain: bool, progress: bool, beta: float
-                   ) -> TrainedModel:
+                   device: torch.device, retrain: bool, progress: bool, beta: float,
+                   label: str = "train") -> TrainedModel:
     card = dataset.card
     model_cfg = key.model
     torch.manual_seed(seed)
@@ -191,7 +200,7 @@ def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_
         fit(model, defense, dataset.train, epochs=recipe.epochs,
                       batch_size=recipe.batch_size, lr=recipe.lr, data_generator=data_gen,
                       device=device, progress=progress, start_epoch=start,
-                      optimizer_state=opt_state, on_epoch_end=on_epoch_end)
+                      optimizer_state=opt_state, on_epoch_end=on_epoch_end, label=label)
     except NonFiniteLoss as exc:
         kept = partial_path(path)
         where = f"the last good epoch is kept in {kept}" if kept.is_file() else "no epoch finished"
