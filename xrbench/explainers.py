@@ -263,7 +263,8 @@ class GuidedBackprop(Explainer):
 
 def _captum_input(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
     net, mean, std = split_model(model)
-    return net, ((x - mean) / std).detach()
+    # a leaf that requires grad: captum would otherwise set it and warn on every call
+    return net, ((x - mean) / std).detach().requires_grad_(True)
 
 
 def _no_graph(name: str, create_graph: bool) -> None:
