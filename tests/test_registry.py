@@ -186,3 +186,84 @@ def test_a_defense_is_named_by_its_registration_only(plugin_path):
 
     with pytest.raises(XRBenchError, match="states name 'other' but is registered as 'mine'"):
         reg.add("mine", Stated)
+
+
+# --- provenance: the distribution (and version) behind a model or explainer --------------------
+
+_PARTS = '''
+    from xrbench.explainers import DeepLift
+    from xrbench.models import ConvNet
+
+    class TinyConv(ConvNet):
+        """a narrow ConvNet (test plugin)"""
+        def __init__(self, card, act):
+            super().__init__(card, act, widths=(8, 8, 16))
+
+    class PluginDeepLift(DeepLift):
+        """captum DeepLift under another name (test plugin, evaluation only)"""
+        name = "plugin_deeplift"
+'''
+_PARTS_PROVENANCE = {"source": "plugin xr-fake-plugin-parts",
+                     "distribution": {"name": "xr-fake-plugin-parts", "version": "2.5"}}
+
+
+def _parts_distribution(plugin_path: Path) -> None:
+    """One distribution (version 2.5) that provides a model and an explainer."""
+    (plugin_path / "xr_fake_plugin_parts.py").write_text(textwrap.dedent(_PARTS))
+    info = plugin_path / "xr_fake_plugin_parts-2.5.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: xr-fake-plugin-parts\nVersion: 2.5\n")
+    (info / "entry_points.txt").write_text(
+        "[xrbench.models]\ntiny_conv = xr_fake_plugin_parts:TinyConv\n\n"
+        "[xrbench.explainers]\nplugin_deeplift = xr_fake_plugin_parts:PluginDeepLift\n")
+
+
+@pytest.fixture
+def global_plugins(plugin_path, monkeypatch):
+    """The global model and explainer registries, looking at the entry points again (their
+    state is restored afterwards)."""
+    from xrbench.registry import explainers, models
+
+    for reg in (models, explainers):
+        reg.load_plugins()
+        monkeypatch.setattr(reg, "_entries", dict(reg._entries))
+        monkeypatch.setattr(reg, "_plugins_loaded", False)
+    return plugin_path
+
+
+def test_plugin_model_and_explainer_carry_their_distribution_and_version(plugin_path):
+    from xrbench import __version__
+    from xrbench.registry import explainers, models
+
+    # the global registries first, before the plugin exists (they load entry points once)
+    builtin = {"source": "xrbench", "distribution": {"name": "xrbench", "version": __version__}}
+    assert models.get_entry("timm:resnet18").provenance() == builtin
+    assert explainers.get_entry("lrp").provenance() == builtin
+    _parts_distribution(plugin_path)
+    assert Registry("models").get_entry("tiny_conv").provenance() == _PARTS_PROVENANCE
+    assert Registry("explainers").get_entry("plugin_deeplift").provenance() == _PARTS_PROVENANCE
+    gone = Registry("things")
+    gone.add("x", object(), source="plugin xr-not-installed")
+    assert gone.get_entry("x").provenance()["distribution"] == {"name": "xr-not-installed",
+                                                                "version": None}
+
+
+def test_a_plugin_that_registers_itself_is_recorded_with_its_distribution(global_plugins):
+    from xrbench.registry import explainers
+
+    (global_plugins / "xr_fake_plugin_self.py").write_text(textwrap.dedent('''
+        from xrbench.explainers import GradXInput
+        from xrbench.registry import explainers
+
+        @explainers.register("self_registered")
+        class Mine(GradXInput):
+            """grad x input, registered by the plugin itself on import"""
+            name = "self_registered"
+    '''))
+    _fake_distribution(global_plugins, "xr-fake-plugin-self", "xrbench.explainers",
+                       "self_registered", "xr_fake_plugin_self:Mine")
+    entry = explainers.get_entry("self_registered")
+    assert entry.source == "plugin xr-fake-plugin-self"
+    assert entry.provenance()["distribution"] == {"name": "xr-fake-plugin-self", "version": "1.0"}
+

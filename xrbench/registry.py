@@ -12,6 +12,7 @@ its first positional argument. Listings show it as ``timm:NAME``.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 import logging
@@ -43,6 +44,33 @@ class Entry(Generic[T]):
     @property
     def display_name(self) -> str:
         return f"{self.name}:{self.arg_name}" if self.takes_arg else self.name
+
+    @property
+    def distribution(self) -> str:
+        """The distribution that provides the component: ``"xrbench"`` for a built-in, the
+        plugin's distribution name for ``source == "plugin <dist>"``."""
+        return self.source[len("plugin "):] if self.source.startswith("plugin ") else "xrbench"
+
+    def provenance(self) -> dict[str, Any]:
+        """Where the component comes from, as an entry records it for its defense, model and
+        explainer: ``{"source": "xrbench" | "plugin <dist>", "distribution": {"name": <dist>,
+        "version": <its installed version, or None where it cannot be found>}}``."""
+        return {"source": self.source,
+                "distribution": {"name": self.distribution,
+                                 "version": distribution_version(self.distribution)}}
+
+
+def distribution_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist`` (xrbench's own ``__version__`` for
+    ``"xrbench"``, as the entry's ``xrbench.version`` records it), None if not installed."""
+    if dist == "xrbench":
+        from . import __version__
+
+        return __version__
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 class Registry(Generic[T]):
@@ -127,7 +155,11 @@ class Registry(Generic[T]):
                 ) from exc
             known = self._entries.get(ep.name)
             if known is not None and known.obj is obj:
-                continue  # the plugin registered this very object itself on import
+                # the plugin registered this very object itself on import (with the default
+                # source): record the distribution it came from, as for any plugin
+                if known.source == "xrbench" and dist != "xrbench":
+                    self._entries[ep.name] = dataclasses.replace(known, source=f"plugin {dist}")
+                continue
             # a name clash (with a built-in or another plugin) is an error naming both
             self.add(ep.name, obj, source=f"plugin {dist}")
 
