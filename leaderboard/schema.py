@@ -2,8 +2,16 @@
 
 An *entry* is one result record (defense x dataset x model x explainer x profile x seed),
 PROTOCOL.md section 8; its format is ``schema.json`` beside this file (JSON Schema draft
-2020-12, ``schema_version`` 1). Every entry is validated before it is written and after it
-is read, so a leaderboard never renders a string where a number belongs.
+2020-12, ``schema_version`` 2; entries of version 1, written before, still read). Every entry
+is validated before it is written and after it is read, so a leaderboard never renders a
+string where a number belongs.
+
+Version 2 added: ``not_applicable`` (the stages that did not run for this model and explainer,
+each with the reason; their metrics are absent), ``defense.reference`` (the recipe is the
+reference recipe of the dataset and model) with ``recipe_diff`` or ``reference_note`` when it
+is not, the ``source`` and ``distribution`` (name, version) of the defense, model and
+explainer, and ``metrics.manipulation_loss.second_half_fall`` (the number behind the
+``not_converged`` flag).
 
 Beyond the schema, :func:`validate_entry` checks what JSON Schema cannot say:
 
@@ -39,7 +47,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from xrbench.errors import XRBenchError
 from xrbench.utils import read_json, write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: not_applicable, defense.reference, component distributions, second_half_fall
 
 _MAX_MESSAGE = 240  # characters of an error message (an instance repr can be huge)
 

@@ -125,6 +125,8 @@ def test_user_checkpoint_is_scored_and_recorded(first_run, dirs, tmp_path, digit
                        progress=False, cache_root=cache, device="cpu")
     e = res.entry
     assert e["checkpoint"]["origin"] == "user" and e["defense"]["source"] == "user checkpoint"
+    assert e["defense"]["reference"] is False  # user weights are never a reference row
+    assert e["defense"]["reference_note"] == "user-supplied weights; recipe unknown"
     # same weights, same protocol: the same numbers as the trained run
     assert e["metrics"]["expl_end"] == first_run.entry["metrics"]["expl_end"]
     with pytest.raises(XRBenchError, match="sha256"):
@@ -164,6 +166,36 @@ def test_entry_records_the_parameters_the_code_used(first_run, dirs, monkeypatch
     assert {"accuracy", "rps", "insertion"} <= set(res.reused_stages)
     assert res.entry["metrics"]["expl_end"] != first_run.entry["metrics"]["expl_end"]
     assert res.entry["metrics"]["insertion"] == first_run.entry["metrics"]["insertion"]
+
+
+def test_entry_records_reference_provenance_and_the_loss_fall(first_run, digits):
+    from xrbench.entry import recipe_reference
+    from xrbench.metrics.manipulation import second_half_fall
+    from xrbench.train import build_recipe
+
+    e = first_run.entry
+    assert e["schema_version"] == 2 and e["not_applicable"] == {}  # every stage ran
+    # --epochs 2 (FAST) is not the reference recipe: the entry says which field differs
+    assert e["defense"]["reference"] is False
+    assert e["defense"]["recipe_diff"] == {"epochs": {"value": 2, "reference": 25}}
+    ref = build_recipe("normal", digits.card, "convnet").to_dict()
+    assert recipe_reference("normal", digits.card, "convnet", ref) == {"reference": True}
+    # built-in components name their distribution and version
+    from xrbench import __version__
+
+    for part in ("defense", "model", "explainer"):
+        assert e[part]["distribution"] == {"name": "xrbench", "version": __version__}, part
+    assert e["model"]["source"] == e["explainer"]["source"] == "xrbench"
+    # the manipulation's loss fall over its second half, as a number beside its flag
+    loss = e["metrics"]["manipulation_loss"]
+    ex = first_run.examples
+    fall = second_half_fall(torch.as_tensor(ex["manipulation/loss_trace"]),
+                            [0.1, 0.5, 1.0])
+    assert loss["second_half_fall"] == pytest.approx(fall, rel=1e-12)
+    assert loss["second_half_fall"] == pytest.approx(
+        (loss["at_50"] - loss["at_100"]) / loss["at_50"], rel=1e-9)
+    assert loss["tolerance"] == 0.05
+    assert e["flags"]["not_converged"] is (loss["second_half_fall"] > 0.05)
 
 
 def test_per_example_values_are_kept_beside_the_entry(first_run):

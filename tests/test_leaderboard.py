@@ -83,7 +83,7 @@ def _rejects(entry: dict[str, Any]) -> str:
 def test_schema_is_valid_draft_2020_12_and_example_validates() -> None:
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["properties"]["schema_version"] == {"const": 1}
+    assert schema["properties"]["schema_version"] == {"enum": [1, 2]}  # 1 still reads
     validate_entry(make_entry())
     # null where a metric could not be computed; extra (future) metrics and card fields pass
     e = make_entry()
@@ -316,3 +316,97 @@ def test_html_and_pipes_in_every_string_field_stay_text(tmp_path: Path) -> None:
     table = [ln for ln in md.splitlines() if ln.startswith("| ")]
     header_cells = table[0].count(" | ")
     assert all(ln.replace("\\|", "").count(" | ") == header_cells for ln in table)
+
+
+# --- schema version 2: not_applicable, reference recipes, provenance, the loss fall ----------
+
+XRBENCH_DIST = {"source": "xrbench", "distribution": {"name": "xrbench", "version": "0.1.0"}}
+NA_REASON = ("explainer 'lrp' is evaluation-only (not differentiable); the targeted "
+             "manipulation attack (PROTOCOL 5.2) differentiates through its map")
+
+
+def make_entry_v2(defense: str = "sep_neg", seed: int = 0, expl_end: float = 6.5e-5,
+                  not_converged: bool = False, **over: Any) -> dict[str, Any]:
+    """A complete, valid schema-v2 entry: :func:`make_entry` plus the version 2 fields (a
+    reference recipe, built-in components, every stage applicable, the loss fall)."""
+    e = make_entry(defense, seed, expl_end, schema_version=2)
+    e["defense"].update(reference=True, distribution=XRBENCH_DIST["distribution"])
+    e["model"].update(copy.deepcopy(XRBENCH_DIST))
+    e["explainer"].update(copy.deepcopy(XRBENCH_DIST))
+    e["metrics"]["manipulation_loss"].update(second_half_fall=0.2, tolerance=0.05)
+    e["flags"]["not_converged"] = not_converged
+    e["not_applicable"] = {}
+    e.update(over)
+    return e
+
+
+def evaluation_only(e: dict[str, Any]) -> dict[str, Any]:
+    """``e`` as an evaluation-only explainer leaves it: no manipulation, no Adv-Insertion."""
+    e = copy.deepcopy(e)
+    e["explainer"]["name"] = "lrp"
+    for key in ("expl_start", "expl_end", "class_changed", "manipulation_loss",
+                "adv_insertion"):
+        del e["metrics"][key]
+    del e["flags"]["not_converged"]
+    e["not_applicable"] = {"manipulation": NA_REASON,
+                           "adv_insertion": NA_REASON.replace(
+                               "targeted manipulation attack (PROTOCOL 5.2)",
+                               "Adv-Insertion frame attack (PROTOCOL 5.4)")}
+    return e
+
+
+def not_reference(e: dict[str, Any], **diff: tuple[Any, Any]) -> dict[str, Any]:
+    e = copy.deepcopy(e)
+    e["defense"]["reference"] = False
+    e["defense"]["recipe_diff"] = {k: {"value": v, "reference": r} for k, (v, r) in diff.items()}
+    return e
+
+
+def test_schema_v2_entries_validate_and_need_their_fields() -> None:
+    validate_entry(make_entry_v2())
+    validate_entry(evaluation_only(make_entry_v2()))
+    validate_entry(not_reference(make_entry_v2(), epochs=(1, 25)))
+    user = make_entry_v2()
+    user["defense"].update(reference=False, reference_note="user-supplied weights")
+    validate_entry(user)
+    validate_entry(make_entry())  # version 1 entries still read
+
+    def without(*path: str) -> dict[str, Any]:
+        e = make_entry_v2()
+        node = e
+        for k in path[:-1]:
+            node = node[k]
+        del node[path[-1]]
+        return e
+
+    assert "'not_applicable' is a required property" in _rejects(without("not_applicable"))
+    assert "'reference' is a required property" in _rejects(without("defense", "reference"))
+    assert "'distribution' is a required property" in _rejects(without("model", "distribution"))
+    assert "'source' is a required property" in _rejects(without("explainer", "source"))
+    assert "second_half_fall" in _rejects(
+        without("metrics", "manipulation_loss", "second_half_fall"))
+    assert "'expl_end' is a required property" in _rejects(without("metrics", "expl_end"))
+    assert "'not_converged' is a required property" in _rejects(without("flags", "not_converged"))
+    # reference false says why: the fields that differ, or a note
+    bare = make_entry_v2()
+    bare["defense"]["reference"] = False
+    assert _rejects(bare).startswith("entry.defense:")
+    bad = make_entry_v2()
+    bad["model"]["source"] = "somewhere"
+    assert _rejects(bad).startswith("entry.model.source:")
+
+
+def test_a_stage_that_did_not_run_has_no_metrics() -> None:
+    e = evaluation_only(make_entry_v2())
+    e["metrics"]["expl_end"] = _m(1e-5, n=10)  # a number for a stage that did not run
+    assert _rejects(e).startswith("entry.metrics:")
+    e = evaluation_only(make_entry_v2())
+    e["metrics"]["adv_insertion"] = _m(40.0)
+    assert _rejects(e).startswith("entry.metrics:")
+    e = evaluation_only(make_entry_v2())
+    e["flags"]["not_converged"] = False  # no flag about an attack that never ran
+    assert _rejects(e).startswith("entry.flags:")
+    e = evaluation_only(make_entry_v2())
+    e["not_applicable"]["manipulation"] = ""  # a reason is a sentence
+    assert _rejects(e).startswith("entry.not_applicable.manipulation:")
+

@@ -267,3 +267,21 @@ def test_a_plugin_that_registers_itself_is_recorded_with_its_distribution(global
     assert entry.source == "plugin xr-fake-plugin-self"
     assert entry.provenance()["distribution"] == {"name": "xr-fake-plugin-self", "version": "1.0"}
 
+
+@pytest.mark.slow
+def test_an_entry_records_the_distribution_of_a_plugin_model_and_explainer(global_plugins,
+                                                                          tmp_path):
+    from xrbench import api
+    from xrbench.leaderboard.schema import read_entry
+
+    _parts_distribution(global_plugins)
+    res = api.evaluate("normal", model="tiny_conv", explainer="plugin_deeplift",
+                       profile="smoke", overrides={"epochs": "1"}, out=tmp_path / "out",
+                       progress=False, cache_root=tmp_path / "cache", device="cpu")
+    e = read_entry(res.path)  # schema-valid
+    for part in ("model", "explainer"):
+        assert {k: e[part][k] for k in ("source", "distribution")} == _PARTS_PROVENANCE, part
+    assert e["model"]["name"] == "tiny_conv" and e["explainer"]["name"] == "plugin_deeplift"
+    assert e["defense"]["source"] == "xrbench"
+    # evaluation-only (captum) like the explainer it wraps: the attacks are n/a, not a failure
+    assert set(e["not_applicable"]) == {"manipulation", "adv_insertion"}

@@ -123,18 +123,23 @@ def _checkpoint(ds: Any, model: str, defense: str, *, checkpoint: str | None,
                 cache_root: Path | None) -> tuple[torch.nn.Module, dict[str, Any],
                                                   dict[str, Any], float]:
     """(model in eval mode, the entry's ``defense`` and ``checkpoint`` parts, seconds spent
-    training): the user's weights, else the cached or newly trained checkpoint."""
+    training): the user's weights, else the cached or newly trained checkpoint. The
+    ``defense`` part says whether the recipe is the reference one (``reference``,
+    :func:`~xrbench.entry.recipe_reference`); user weights never are."""
     from .checkpoints import load_weights
+    from .entry import recipe_reference
     from .models import create_model
     from .registry import defenses
 
+    dist = defenses.get_entry(defense).provenance()["distribution"]
     if checkpoint is not None:
         net = create_model(model, ds.card, beta=beta)
         digest = load_weights(net, checkpoint, checkpoint_sha256)
         recipe = {"note": "user-supplied weights; recipe unknown"}
         return (net.to(device).eval(),
                 {"name": defense, "recipe": recipe, "recipe_hash": hash_config(recipe),
-                 "source": "user checkpoint"},
+                 "source": "user checkpoint", "distribution": dist, "reference": False,
+                 "reference_note": "user-supplied weights; recipe unknown"},
                 {"sha256": digest, "origin": "user"}, 0.0)
     trained = get_trained_model(ds, model, defense, overrides=overrides, seed=seed,
                                 device=device, retrain=retrain, progress=progress, beta=beta,
@@ -142,7 +147,8 @@ def _checkpoint(ds: Any, model: str, defense: str, *, checkpoint: str | None,
     return (trained.model.eval(),
             {"name": defense, "recipe": trained.meta["recipe"],
              "recipe_hash": trained.meta["recipe_hash"],
-             "source": defenses.get_entry(defense).source},
+             "source": defenses.get_entry(defense).source, "distribution": dist,
+             **recipe_reference(defense, ds.card, model, trained.meta["recipe"])},
             {"sha256": trained.sha256, "origin": "cache" if trained.reused else "trained"},
             0.0 if trained.reused else trained.train_seconds)
 
@@ -217,10 +223,12 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
 
     model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,
-                  "activation": "softplus"}
+                  "activation": "softplus", **models.get_entry(model).provenance()}
     entry = build_entry(ctx=ctx, stage_params=ran.params, metrics=ran.metrics,
                         flags=ran.flags, manifest=manifest, defense=defense_info,
-                        checkpoint=ckpt_info, model_info=model_info)
+                        checkpoint=ckpt_info, model_info=model_info,
+                        explainer_info=explainers.get_entry(explainer).provenance(),
+                        not_applicable=ran.not_applicable)
     examples = flatten(ran.outputs)
     done = _write(entry_path(out_dir, entry), entry, examples, force, cache_root)
     seconds = {"train": timing["train"], "extractor": timing["extractor"],

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from . import __version__
+from .errors import XRBenchError
+from .leaderboard.schema import SCHEMA_VERSION
 from .protocol import CLUSTERS, PROTOCOL_VERSION
 from .runtime import RunContext
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "build_entry", "recipe_reference", "environment", "git_commit"]
 
 
 def git_commit() -> str | None:
@@ -41,12 +44,47 @@ def environment(device: torch.device) -> dict[str, Any]:
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
+def _plain(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples as lists), so that a recipe read from a
+    checkpoint's sidecar and one built now compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def recipe_reference(defense: str, card: Any, model: str, recipe: Mapping[str, Any]
+                     ) -> dict[str, Any]:
+    """Whether ``recipe`` (a resolved recipe as a dict, the entry's ``defense.recipe``) is the
+    reference recipe of ``defense`` on (dataset ``card``, ``model``): the defense's
+    ``Recipe()`` with no overrides, resolved for them (PROTOCOL 7; issue 12 item 6).
+
+    Returns the entry's ``defense`` fields: ``{"reference": True}``; or ``{"reference":
+    False, "recipe_diff": {field: {"value": v, "reference": r}}}`` naming every field that
+    differs (``--set``, ``--epochs``, a profile's short training); or, where the defense has
+    no reference recipe there (e.g. SEP on a dataset without a reference lambda and no
+    calibration), ``{"reference": False, "reference_note": why}``."""
+    from .train import build_recipe
+
+    try:
+        ref = _plain(build_recipe(defense, card, model).to_dict())
+    except XRBenchError as exc:
+        return {"reference": False,
+                "reference_note": "no reference recipe for this dataset and model: "
+                                  + " ".join(str(exc).split())}
+    got = _plain(dict(recipe))
+    diff = {k: {"value": got.get(k), "reference": ref.get(k)}
+            for k in sorted(set(ref) | set(got)) if got.get(k) != ref.get(k)}
+    return {"reference": True} if not diff else {"reference": False, "recipe_diff": diff}
+
+
 def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
                 metrics: dict[str, Any], flags: dict[str, bool], manifest: dict[str, Any],
                 defense: dict[str, Any], checkpoint: dict[str, Any],
-                model_info: dict[str, Any]) -> dict[str, Any]:
+                model_info: dict[str, Any], explainer_info: Mapping[str, Any] | None = None,
+                not_applicable: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The section-8 record. ``stage_params`` are the protocol parameters each stage read
-    from the code it ran (:meth:`xrbench.stages.Stage.params`)."""
+    from the code it ran (:meth:`xrbench.stages.Stage.params`); ``explainer_info`` is added
+    to the explainer's own description (its provenance, ``Entry.provenance``);
+    ``not_applicable`` names the stages that did not run with the reason
+    (:meth:`xrbench.stage.Stage.applicable`): their metrics are absent."""
     card = ctx.dataset.card
     n = len(manifest["indices"])
     p = ctx.profile
@@ -66,10 +104,11 @@ def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
         "model": model_info,
         "defense": defense,
         "checkpoint": checkpoint,
-        "explainer": ctx.explainer.describe(),
+        "explainer": {**ctx.explainer.describe(), **(explainer_info or {})},
         "seed": ctx.seed,
         "metrics": metrics,
         "flags": flags,
+        "not_applicable": dict(not_applicable or {}),
         "timing": ctx.timing,
         "environment": environment(ctx.device),
     }

@@ -12,7 +12,13 @@ A stage is a small object:
   cached, and kept beside the entry in its per-example file;
 - ``summarize(ctx, out)``: its part of the entry, metric objects with bootstrap intervals and
   flags;
-- ``rows(metrics)``: how the command line prints its metrics.
+- ``rows(metrics)``: how the command line prints its metrics;
+- ``applicable(ctx)``: None when the stage can run with this run's model and explainer, else
+  the reason it cannot (by default: a stage that differentiates through the explainer's map,
+  ``differentiates``, is not applicable to an evaluation-only explainer such as captum's
+  ``deeplift``, ``lrp`` or ``gradcam``). :func:`run_stages` skips such a stage and records the
+  reason; the entry names it under ``not_applicable`` and holds none of its metrics, and the
+  run goes on: an explainer is scored on every stage it can be.
 """
 
 from __future__ import annotations
@@ -82,6 +88,18 @@ class Stage:
     version: ClassVar[int]
     #: where its rows go in the printed summary (lower first); stages run in STAGES order
     summary_rank: ClassVar[int] = 50
+    #: what the stage differentiates through the explainer's map (``create_graph``), in a
+    #: few words ("the Adv-Insertion frame attack"); "" when it only evaluates maps
+    differentiates: ClassVar[str] = ""
+
+    def applicable(self, ctx: RunContext) -> str | None:
+        """None when the stage can run in ``ctx``; else the reason it cannot, one sentence for
+        the entry's ``not_applicable`` and the leaderboard's footnote. By default a stage
+        that :attr:`differentiates` through the map needs a differentiable explainer."""
+        if self.differentiates and not ctx.explainer.differentiable:
+            return (f"explainer {ctx.explainer.name!r} is evaluation-only (not differentiable);"
+                    f" {self.differentiates} differentiates through its map")
+        return None
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         """The stage's metric or attack function with its protocol arguments bound."""
@@ -132,19 +150,27 @@ def per_eps_rows(prefix: str, per: dict[str, Any], unit: str, scale: float, digi
 @dataclass
 class Outcome:
     """What :func:`run_stages` gives back: per stage its ``params``, per-example ``outputs``
-    and wall ``seconds`` spent now, and the entry's ``metrics`` and ``flags``."""
+    and wall ``seconds`` spent now, the entry's ``metrics`` and ``flags``, and the stages
+    that did not run with the reason (``not_applicable``, :meth:`Stage.applicable`)."""
 
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     flags: dict[str, bool] = field(default_factory=dict)
+    not_applicable: dict[str, str] = field(default_factory=dict)
 
 
 def run_stages(ctx: RunContext, stages: Sequence[Stage]) -> Outcome:
-    """Run (or take from the cache) each stage in order and summarise it."""
+    """Run (or take from the cache) each applicable stage in order and summarise it; a stage
+    that is not applicable (:meth:`Stage.applicable`) is skipped, its reason recorded."""
     done = Outcome()
     for stage in stages:
+        reason = stage.applicable(ctx)
+        if reason is not None:
+            done.not_applicable[stage.name] = reason
+            log.info("%s: not applicable (%s)", stage.name, reason)
+            continue
         done.params[stage.name] = stage.params(ctx)
         t0 = time.perf_counter()
         done.outputs[stage.name] = stage.execute(ctx, done.params[stage.name])

@@ -9,6 +9,7 @@ add it to :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.js
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -130,6 +131,7 @@ class AdvInsertion(Stage):
 
     name = "adv_insertion"
     version = 2
+    differentiates = "the Adv-Insertion frame attack (PROTOCOL 5.4)"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .attacks.frame import adv_insertion_eps, frame_lr
@@ -236,7 +238,7 @@ class Landscape(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         from .attacks.manipulation import ordered_pairs
 
-        require_differentiable(ctx.explainer, "loss landscape")
+        # only evaluates maps at points (no create_graph): evaluation-only explainers run it
         expl, ce = self.calls(ctx)
         pairs = ordered_pairs(ctx.images.shape[0])
         g = ctx.generator(self.name)  # one stream: the pair sample, then both directions
@@ -248,10 +250,21 @@ class Landscape(Stage):
                 "cross_entropy": ce(ctx.model, ctx.images, ctx.labels, generator=g).cpu()}
 
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        return Summary({"landscape": {
+        # L_e is undefined (NaN) for a pair whose map is all zero (sum_map divides by its
+        # sum; Grad-CAM's ReLU gives such maps): each gamma's mean is over the pairs where it
+        # is defined (null where none is), and the entry counts the others
+        expl = out["explanation"]
+        defined = torch.isfinite(expl)
+        n = defined.sum(dim=1)
+        mean = (expl.mean(dim=1) if bool(defined.all()) else
+                torch.where(defined, expl, torch.zeros_like(expl)).sum(dim=1) / n.clamp_min(1))
+        land: dict[str, Any] = {
             "gammas": [float(v) for v in out["gammas"]],
-            "explanation": [float(v) for v in out["explanation"].mean(dim=1)],
-            "cross_entropy": [float(v) for v in out["cross_entropy"].mean(dim=1)]}})
+            "explanation": [float(m) if k > 0 else None for m, k in zip(mean, n)],
+            "cross_entropy": [float(v) for v in out["cross_entropy"].mean(dim=1)]}
+        if not bool(defined.all()):
+            land["explanation_undefined_pairs"] = [int(v) for v in (~defined).sum(dim=1)]
+        return Summary({"landscape": land})
 
 
 # --- 5.2 targeted explanation manipulation (last: the longest) -----------------------------------
@@ -262,6 +275,7 @@ class Manipulation(Stage):
     name = "manipulation"
     version = 1
     summary_rank = 10
+    differentiates = "the targeted manipulation attack (PROTOCOL 5.2)"
     chunk_version: ClassVar[int] = 1
 
     def call(self, ctx: RunContext) -> ProtocolCall:
@@ -297,7 +311,11 @@ class Manipulation(Stage):
                      "iterations (flag not_converged above %.0f%%)", 100 * fall,
                      100 * CONVERGENCE_TOLERANCE)
         metrics = metric_tree(ctx, self.examples(out, ctx.card.grey))
-        metrics["manipulation_loss"] = mean_loss_at(out["loss_trace"], out["trace_points"])
+        # the fall itself, as a number (PROTOCOL 6), beside the flag it decides
+        metrics["manipulation_loss"] = {
+            **mean_loss_at(out["loss_trace"], out["trace_points"]),
+            "second_half_fall": float(fall) if math.isfinite(fall) else None,
+            "tolerance": CONVERGENCE_TOLERANCE}
         return Summary(metrics, {"not_converged": bool(not_converged)})
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
@@ -307,12 +325,18 @@ class Manipulation(Stage):
                 ("class_changed",): Example(out["class_changed"].float(), victims)}
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
+        loss = metrics.get("manipulation_loss") or {}
+        tol = loss.get("tolerance")
         return [Row("Expl@start (x1e-7)", metrics.get("expl_start"), 1e7, 1, "",
                     "L_e between victim and target maps before the attack"),
                 Row("Expl@end (x1e-7)", metrics.get("expl_end"), 1e7, 1, "higher",
                     "L_e left after the targeted manipulation (explanation robustness)"),
                 Row("pairs with changed class (%)", metrics.get("class_changed"), 100.0, 1,
-                    "", "the manipulation changed the prediction (it should not)")]
+                    "", "the manipulation changed the prediction (it should not)"),
+                Row("loss fall, 2nd half (%)",
+                    {"value": loss.get("second_half_fall"), "ci": None}, 100.0, 1, "",
+                    "how much the attack's mean loss still fell over its last half"
+                    + (f" (not_converged above {100 * tol:g}%)" if tol is not None else ""))]
 
 
 class _ChunkCache:
