@@ -263,14 +263,15 @@ def test_render_markdown_groups_sorts_and_formats() -> None:
     assert "| a\\|b " in first
     assert "sorted by Expl@end ascending" in first
 
+    # loss fall over the 2nd half from a v1 entry's at_50 / at_100: (0.5 - 0.4) / 0.5
     assert _row(md, "sep_neg") == ["sep_neg", "0", "99.10", "12.30", "1200.000", "657.180",
-                                   "0.900", "55.00", "40.00", "80.0", ""]
+                                   "20.0", "0.900", "55.00", "40.00", "80.0", ""]
     row_c = _row(md, "a\\|b")
     assert row_c[0] == "a\\|b"
     assert row_c[3] == MISSING  # PGD acc null
     assert row_c[5] == "150.000"  # 1.5e-5 x 1e7
-    assert row_c[7] == MISSING  # insertion absent
-    assert row_c[10] == "degenerate"
+    assert row_c[8] == MISSING  # insertion absent
+    assert row_c[11] == "degenerate"
     assert "middle eps (0.2)" in first
 
     assert render_markdown([]) == "_No entries._\n"
@@ -410,3 +411,68 @@ def test_a_stage_that_did_not_run_has_no_metrics() -> None:
     e["not_applicable"]["manipulation"] = ""  # a reason is a sentence
     assert _rejects(e).startswith("entry.not_applicable.manipulation:")
 
+
+def _notes(md: str) -> list[str]:
+    return [ln for ln in md.splitlines() if ln and not ln.startswith(("|", "#"))]
+
+
+def test_render_shows_na_with_its_reason_and_marks_non_reference_rows() -> None:
+    ref = evaluation_only(make_entry_v2("mat", expl_end=3e-5))
+    short = not_reference(evaluation_only(make_entry_v2("sep_neg")), epochs=(1, 25))
+    md = render_markdown([short, ref])
+    assert md.splitlines()[0] == "### digits / convnet / lrp / profile quick / protocol v1"
+    assert _row(md, "mat") == ["mat", "0", "99.10", "12.30", "n/a", "n/a", "n/a", "0.900",
+                               "55.00", "n/a", "80.0", ""]
+    assert _row(md, "sep_neg")[0] == "sep_neg \u2020"
+    assert _row(md, "sep_neg")[4:7] == ["n/a", "n/a", "n/a"]
+    notes = _notes(md)
+    assert ("n/a = not applicable: manipulation (columns Expl@start, Expl@end, Loss fall 2nd "
+            f"half): {NA_REASON}.") in notes
+    assert any(n.startswith("n/a = not applicable: adv_insertion (columns Adv-Ins.): ")
+               for n in notes)
+    assert "\u2020 recipe differs from the reference: epochs=1 (reference 25)." in notes
+    assert not any(n.startswith("Every row is flagged") for n in notes)
+    # two different non-reference recipes in one table: numbered marks, one note each
+    other = not_reference(make_entry_v2("normal"), epochs=(3, 25), lr=(0.01, 0.001))
+    md = render_markdown([not_reference(make_entry_v2("mat"), epochs=(1, 25)), other])
+    assert _row(md, "mat")[0] == "mat \u20201" and _row(md, "normal")[0] == "normal \u20202"
+    assert ("\u20202 recipe differs from the reference: epochs=3 (reference 25), lr=0.01 "
+            "(reference 0.001).") in _notes(md)
+    user = make_entry_v2("user")
+    user["defense"].update(reference=False, reference_note="user-supplied weights; recipe unknown")
+    assert ("\u2020 not the reference recipe: user-supplied weights; recipe unknown."
+            in _notes(render_markdown([user])))
+    # version 1 entries do not say: no mark
+    assert _row(render_markdown([make_entry("mat")]), "mat")[0] == "mat"
+
+
+def test_a_table_whose_rows_all_carry_not_converged_says_so_once() -> None:
+    a = make_entry_v2("mat", expl_end=3e-5, not_converged=True)
+    b = make_entry_v2("sep_neg", not_converged=True)
+    b["metrics"]["manipulation_loss"]["second_half_fall"] = 0.0834
+    b["flags"]["degenerate"] = True
+    md = render_markdown([a, b])
+    assert _row(md, "mat")[6] == "20.0" and _row(md, "sep_neg")[6] == "8.3"
+    assert _row(md, "mat")[11] == "" and _row(md, "sep_neg")[11] == "degenerate"
+    sentence = ("Every row is flagged not_converged: the manipulation's mean loss still fell by "
+                "more than 5% over the second half of its iterations (column Loss fall 2nd "
+                "half); Expl@end is the value at the protocol's fixed attack budget.")
+    assert _notes(md).count(sentence) == 1
+    # one row without the flag: each flagged row says it, no sentence
+    md = render_markdown([a, make_entry_v2("sep_neg", not_converged=False)])
+    assert _row(md, "mat")[11] == "not_converged" and _row(md, "sep_neg")[11] == ""
+    assert sentence not in _notes(md)
+
+
+def test_reasons_and_recipe_values_stay_text_in_markdown() -> None:
+    evil = "<script>alert(1)</script>|x&y"
+    e = not_reference(evaluation_only(make_entry_v2("mat")), base=(evil, "mat"))
+    e["not_applicable"]["manipulation"] = evil
+    md = render_markdown([e])
+    assert "<script>" not in md and "</script>" not in md
+    assert ("\u2020 recipe differs from the reference: base=&lt;script&gt;alert(1)&lt;/script&gt;"
+            "\\|x&amp;y (reference mat).") in _notes(md)
+    assert any(n.endswith("&lt;script&gt;alert(1)&lt;/script&gt;\\|x&amp;y.") and "n/a" in n
+               for n in _notes(md))
+    table = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert all(ln.replace("\\|", "").count(" | ") == table[0].count(" | ") for ln in table)

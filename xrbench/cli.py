@@ -244,17 +244,23 @@ def summary_table(entry: dict) -> str:
     from .stages import STAGES
 
     m = entry["metrics"]
+    na = entry.get("not_applicable") or {}  # stages that did not run, with the reason
     rows, last = [], None
     for stage in sorted(STAGES, key=lambda s: s.summary_rank):
         for r in stage.rows(m):
-            rows.append((r.label, *_fmt(r.metric, r.scale, r.digits), r.better,
-                         "" if r.meaning == last else r.meaning))
+            value = ("n/a", "") if stage.name in na else _fmt(r.metric, r.scale, r.digits)
+            rows.append((r.label, *value, r.better, "" if r.meaning == last else r.meaning))
             last = r.meaning
     flags = [k for k, v in entry.get("flags", {}).items() if v]
     head = (f"{entry['defense']['name']} on {entry['dataset']['name']} / {entry['model']['name']}"
             f" / {entry['explainer']['name']} / profile {entry['protocol']['profile']} / seed "
             f"{entry['seed']}" + (f"   flags: {', '.join(flags)}" if flags else ""))
     notes = [FLAG_NOTES[f] for f in flags if f in FLAG_NOTES]
+    notes += [f"note: n/a: {stage} not applicable: {reason}" for stage, reason in na.items()]
+    if entry["defense"].get("reference") is False:
+        from .leaderboard.render import reference_note
+
+        notes.append(f"note: not a reference row: {reference_note(entry)}")
     return "\n".join([head, tabulate(rows, headers=["metric", "value", "95% CI", "better",
                                                     "meaning"], tablefmt="simple",
                                  disable_numparse=True,
