@@ -198,6 +198,32 @@ def test_entry_records_reference_provenance_and_the_loss_fall(first_run, digits)
     assert e["flags"]["not_converged"] is (loss["second_half_fall"] > 0.05)
 
 
+def test_reference_is_the_resolved_recipe_without_overrides(digits, monkeypatch):
+    """reference: true iff the resolved recipe equals Recipe() resolved for the dataset and
+    model; a --set that restates the reference value keeps it; a defense without a
+    reference recipe there says why."""
+    import xrbench.train as train_mod
+    from xrbench.entry import recipe_reference
+    from xrbench.train import build_recipe
+
+    card = digits.card
+    same = build_recipe("mat", card, "convnet", {"epochs": "25"}).to_dict()
+    assert recipe_reference("mat", card, "convnet", same) == {"reference": True}
+    changed = build_recipe("mat", card, "convnet", {"epochs": "3", "lr": "0.01"}).to_dict()
+    assert recipe_reference("mat", card, "convnet", changed) == {
+        "reference": False, "recipe_diff": {"epochs": {"value": 3, "reference": 25},
+                                            "lr": {"value": 0.01, "reference": 0.001}}}
+
+    def no_reference(*args, **kwargs):
+        raise XRBenchError("SEP has no reference lambda for digits")
+
+    monkeypatch.setattr(train_mod, "build_recipe", no_reference)
+    got = recipe_reference("sep_pos", card, "convnet", {"lambda_": 10.0})
+    assert got == {"reference": False,
+                   "reference_note": "no reference recipe for this dataset and model: SEP has "
+                                     "no reference lambda for digits"}
+
+
 def test_per_example_values_are_kept_beside_the_entry(first_run):
     import numpy as np
 
