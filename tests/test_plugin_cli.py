@@ -62,3 +62,9 @@ def test_plugin_defense_evaluates_to_a_valid_entry(tmp_path):
     assert entry["defense"]["name"] == "gaussian_aug"
     assert entry["defense"]["source"] == "plugin xrbench-example-defense"
     assert entry["defense"]["recipe"]["sigma"] == 0.1 and entry["defense"]["recipe"]["epochs"] == 2
+    # its distribution and installed version, and the --epochs 2 recipe is not the reference
+    assert entry["defense"]["distribution"] == {
+        "name": "xrbench-example-defense",
+        "version": metadata.version("xrbench-example-defense")}
+    assert entry["defense"]["reference"] is False
+    assert entry["defense"]["recipe_diff"] == {"epochs": {"value": 2, "reference": 25}}
