@@ -4,7 +4,7 @@ in one process (digits, convnet, reference recipes, batch 64, one thread).
     python benchmarks/train_time_ratios.py --epochs 1
 
 SEP's regulariser is off during its warm-up, so its post-warm-up cost is measured too
-(`--set reg_warmup_epochs=0 reg_ramp_epochs=0`).
+(`--set reg_warmup_fraction=0 reg_ramp_fraction=0`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from xrbench.data import load_dataset
 from xrbench.train import get_trained_model
 
 DEFENSES = ["normal", "mat", "trades", "sep_pos", "sep_neg", "l2_cosd", "hessian"]
-SEP_ON = {"reg_warmup_epochs": "0", "reg_ramp_epochs": "0"}
+SEP_ON = {"reg_warmup_fraction": "0", "reg_ramp_fraction": "0"}
 
 
 def main() -> None:

@@ -44,8 +44,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, str]] = {
     "beta": (0, None, True, "TRADES KL weight"),
     "start_std": (0, None, True, "pixel units"),
     "sigma": (0, None, True, "noise std, pixel units"),
-    "reg_warmup_epochs": (0, None, True, "epochs"),
-    "reg_ramp_epochs": (0, None, True, "epochs"),
+    "reg_warmup_fraction": (0, 1, True, "share of the recipe's epochs"),
+    "reg_ramp_fraction": (0, 1, True, "share of the recipe's epochs"),
     "lambda_l2": (0, None, True, "regulariser weight"),
     "lambda_cos": (0, None, True, "regulariser weight"),
 }

@@ -15,7 +15,8 @@ from xrbench.defenses.base import TrainState
 from xrbench.defenses.hessian import Hessian, HessianRecipe, elementary_batchnorm, hvp_norm_sq
 from xrbench.defenses.l2_cosd import L2Cosd, L2CosdRecipe
 from xrbench.defenses.mat import Mat, MatRecipe
-from xrbench.defenses.sep import SepNeg, SepNegRecipe, SepPos, SepPosRecipe
+from xrbench.calibrate import find_calibration
+from xrbench.defenses.sep import PAPER_SOURCE, SepNeg, SepNegRecipe, SepPos, SepPosRecipe
 from xrbench.defenses.trades import Trades, TradesRecipe, kl_per_example
 from xrbench.errors import XRBenchError
 from xrbench.models import XRModel, create_model
@@ -86,11 +87,12 @@ def test_recipe_resolves_every_field_for_digits_convnet(name, digits):
 
 def test_overridden_recipe_has_a_different_hash(digits):
     ref = SepPosRecipe().resolve(digits.card, "convnet")
+    shipped = find_calibration("sep_pos", "digits", "convnet")
+    assert shipped is not None and shipped.shipped and ref.lambda_ == shipped.chosen > 0
+    assert ref.lambda_source == shipped.source and shipped.sha256 in ref.lambda_source
     over = SepPosRecipe.from_overrides({"lambda_": "-1000"}).resolve(digits.card, "convnet")
-    assert over.lambda_ == -1000.0 and ref.lambda_ == 10.0
+    assert over.lambda_ == -1000.0 and over.lambda_source.startswith("set by the user")
     assert over.hash() != ref.hash()
-    assert SepPosRecipe.from_overrides({"lambda": "10"}).resolve(digits.card, "convnet").hash() \
-        == ref.hash()
     assert SepNegRecipe().resolve(digits.card, "convnet").hash() != ref.hash()
 
 
@@ -105,9 +107,15 @@ def test_dataset_and_model_dependent_defaults(digits):
     assert TradesRecipe().resolve(cifar, "convnet").beta == 6.0
     assert SepPosRecipe().resolve(mnist, "convnet").lambda_ == 50000.0
     assert SepNegRecipe().resolve(cifar, "resnet18").lambda_ == -3000.0
-    assert SepNegRecipe().resolve(card, "convnet").lambda_ == -1.0
-    with pytest.raises(XRBenchError, match="--set lambda_="):
-        SepPosRecipe().resolve(dataclasses.replace(card, name="fashion_mnist"), "convnet")
+    for name in ("mnist", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet"):
+        other = dataclasses.replace(cifar, name=name)  # the paper's lambdas, all five datasets
+        pos, neg = (R().resolve(other, "convnet") for R in (SepPosRecipe, SepNegRecipe))
+        assert (pos.lambda_, neg.lambda_) == (50000.0, -3000.0)
+        assert pos.lambda_source == neg.lambda_source == PAPER_SOURCE
+    assert SepNegRecipe().resolve(card, "convnet").lambda_ == find_calibration(
+        "sep_neg", "digits", "convnet").chosen < 0
+    with pytest.raises(XRBenchError, match="xrbench calibrate --defense sep_pos --dataset other"):
+        SepPosRecipe().resolve(dataclasses.replace(card, name="other"), "convnet")
     assert SepPosRecipe(lambda_=3.0).resolve(dataclasses.replace(card, name="other"), "x")
     r = L2CosdRecipe().resolve(card, "lenet")
     assert (r.lambda_l2, r.lambda_cos) == (0.01, 1.0)
@@ -122,12 +130,25 @@ def test_dataset_and_model_dependent_defaults(digits):
 # --- SEP -----------------------------------------------------------------------------------
 
 def test_sep_warmup_schedule(digits):
-    sep = make(SepPos, digits, SepPosRecipe())
+    sep = make(SepPos, digits, SepPosRecipe())  # 25 epochs: 5 of warm-up, 5 of ramp
     ws = []
     for epoch in (0.0, 4.9, 5.0, 7.5, 10.0, 24.0):
         sep.state.epoch = epoch
         ws.append(sep.weight())
     assert ws == [0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    short = make(SepPos, digits, SepPosRecipe(epochs=5))  # fractions: 1 + 1 of 5 epochs
+    ws = []
+    for epoch in (0.0, 0.99, 1.5, 2.0, 4.9):
+        short.state.epoch = epoch
+        ws.append(short.weight())
+    assert ws == [0.0, 0.0, 0.5, 1.0, 1.0]  # a short recipe is not MAT in disguise
+
+
+def test_sep_refuses_a_warmup_that_never_ends():
+    with pytest.raises(XRBenchError, match="never switch"):
+        SepPosRecipe(reg_warmup_fraction=1.0)
+    with pytest.raises(XRBenchError, match="reg_ramp_fraction"):
+        SepPosRecipe(reg_ramp_fraction=1.5)
 
 
 def test_sep_with_zero_lambda_equals_mat(digits, convnet, batch):
@@ -148,6 +169,50 @@ def test_sep_loss_is_mat_plus_lambda_times_regulariser(digits, convnet, batch):
     parts = sep.base.loss(model, x, y), sep.regulariser(model, x, y)
     assert parts[1].item() > 0
     assert total.item() == pytest.approx((parts[0] + 7.0 * parts[1]).item(), rel=1e-5)
+
+
+def test_sep_regulariser_is_the_explanation_loss_of_the_two_maps(digits, convnet, batch):
+    """PROTOCOL 7 (version 2): L_f = batch mean of L_e(map(x + zeta), map(x)) (section 0)."""
+    from xrbench.explainers import expl_loss, get_explainer, sum_map
+
+    x, y = batch
+    sep = make(SepPos, digits, SepPosRecipe(), seed=3)
+    model = copy.deepcopy(convnet).eval()
+    reg = sep.regulariser(model, x, y)
+    g = torch.Generator().manual_seed(3)  # the same zeta the defense drew
+    x_noisy = x + 0.1 * torch.randn(x.shape, generator=g)
+    explain = get_explainer("grad_x_input")
+    maps = [sum_map(explain(model, xx, y)) for xx in (x_noisy, x)]
+    expected = expl_loss(*maps).mean()
+    assert reg.item() == pytest.approx(expected.item(), rel=1e-5)
+    # the mean over pixels of squared differences, not an L2 norm over pixels
+    l2 = (maps[0] - maps[1]).flatten(1).norm(dim=1).mean()
+    assert reg.item() == pytest.approx(l2.item() ** 2 / 64, rel=0.5)
+
+
+def test_sep_regulariser_is_of_order_1e6_at_28x28(digits):
+    """At MNIST geometry (digits upsampled to 28x28) a trained model's L_f is ~1e-6 (PROTOCOL
+    7 measured 3.5e-6 on a MAT convnet); the version-1 L2-norm form was ~5e-2."""
+    import torch.nn.functional as F
+
+    from conftest import _train
+    from xrbench.data import TensorSplit
+
+    card = dataclasses.replace(digits.card, size=28, name="digits28")
+
+    def up(split):
+        x, y = split.get_batch(torch.arange(len(split)))
+        return TensorSplit(F.interpolate(x, size=28, mode="bilinear", align_corners=False), y)
+
+    big = Dataset(card, up(digits.train), up(digits.test))
+    torch.manual_seed(0)
+    model = _train(create_model("convnet", card), big, epochs=2, seed=0).eval()
+    x, y = big.test.get_batch(torch.arange(128))
+    sep = make(SepPos, digits, SepPosRecipe(lambda_=50000.0))
+    sep.state.card = card
+    reg = sep.regulariser(model, x, y).item()
+    assert 1e-7 < reg < 5e-5
+    assert 50000 * reg < 5  # the paper's lambda gives a term the size of a cross-entropy
 
 
 def test_sep_regulariser_is_zero_without_noise(digits, convnet, batch):

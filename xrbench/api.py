@@ -290,6 +290,15 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
     return _compare(a, b, n_resamples=n_resamples, seed=seed)
 
 
+def calibrate(defense: str, dataset: str = "digits", model: str = "convnet",
+              **kwargs: Any) -> tuple[dict[str, Any], Path]:
+    """SEP's lambda for (dataset, model) by PROTOCOL 7's rule (:mod:`xrbench.calibrate`):
+    (record, path of the JSON record). Keywords as :func:`xrbench.calibrate.calibrate`."""
+    from .calibrate import calibrate as _calibrate
+
+    return _calibrate(defense, dataset, model, **kwargs)
+
+
 def published_results_dir() -> Path:
     """The folder of the published entries shipped with the package."""
     from importlib import resources
