@@ -1,6 +1,6 @@
 """Insertion and Adv-Insertion (Joo et al. 2023), PROTOCOL.md section 5.4.
 
-Insertion: for each ratio r in {0, 0.05, ..., 1} (21 values), keep the top ``floor(r * H*W)``
+Insertion: for each ratio r in {0, 0.05, ..., 0.95} (20 values), keep the top ``floor(r * H*W)``
 pixel locations of the ranking map (all channels of a kept pixel) and set every other pixel to
 the dataset mean colour (``model.normalize.mean``, i.e. 0 in normalised space, what the
 reference's ``x_s * mask`` on normalised tensors gives). The per-image score is the mean over
@@ -12,8 +12,9 @@ pixels always come from the clean x. References: RobustAGA ``project/module/test
 
 Choices (the ratios, the budget and the attack's settings are recorded in each entry):
 
-- Ratios: the protocol's 21 values 0, 0.05, ..., 1. The reference logs ``i / 20`` for
-  i = 0..19 (20 values, without r = 1).
+- Ratios: the protocol's (version 2) 20 values 0, 0.05, ..., 0.95, the reference's ``i / 20``
+  for i = 0..19 (no r = 1: the whole image is never put back). Version 1 also scored r = 1,
+  which raised the scores by 0.4 to 1.3 points over the reference's.
 - Exactly ``floor(r * H*W + 1e-9)`` pixels are kept (the 1e-9 guards against r * H*W landing
   a rounding error below an integer). Ties in the ranking are broken stably by flat pixel
   index (row-major; the lower index is inserted first). The reference keeps the pixels
@@ -38,7 +39,7 @@ from xrbench.utils import model_device
 
 Explain = Callable[..., torch.Tensor]  # explain(model, x, target, create_graph=False)
 
-INSERTION_RATIOS: tuple[float, ...] = tuple(i / 20 for i in range(21))
+INSERTION_RATIOS: tuple[float, ...] = tuple(i / 20 for i in range(20))
 
 
 def insertion_ranks(h: torch.Tensor) -> torch.Tensor:

@@ -194,11 +194,14 @@ def retrieval(
     default label is the model's prediction). A hit is ``argmax f(mask (*) image) == c0``.
 
     ``hits`` keys (reference ``RetrievalRate`` names in brackets), each bool (E, N), E eps:
-    ``relex_adv_mask`` [adv_x * adv_sal] mask m(x_adv) for c = prediction on x_adv;
+    ``relex_adv_mask`` [adv_x * adv_sal] mask m(x_adv) for c0;
     ``relex_clean_mask`` [adv_x * orig_sal] mask m(x) for c0;
     ``explainer_adv_mask`` / ``explainer_clean_mask`` the same with
-    :func:`explainer_mask` of the entry's explainer, explaining the prediction on the image
-    the map is taken from; ``no_mask`` x_adv itself (the attack's effect).
+    :func:`explainer_mask` of the entry's explainer; ``no_mask`` x_adv itself (the attack's
+    effect). Every mask explains c0, the prediction on the CLEAN image (PROTOCOL 5.5, version
+    2; RelEx reference ``generate.py`` takes ``target_cls`` once from the clean image and
+    reuses it for every saliency map): a mask of x_adv explaining the prediction on x_adv
+    would keep the adversarial class, and its rate would only track PGD accuracy.
     Clean-image keys, bool (N,): ``relex_on_clean`` [orig_x * orig_sal] and
     ``explainer_on_clean``. ``rates`` holds the means (list of E floats, or a float).
     ``relex`` overrides :func:`relex_mask` keywords (defaults = the protocol's). Returns also
@@ -230,8 +233,8 @@ def retrieval(
         x_adv = pgd(model, x, c0, float(eps), steps=pgd_steps, random_start=True,
                     generator=generator)
         c_adv = predict(model, x_adv, max_batch_pixels)
-        m_adv = relex_mask(model, x_adv, c_adv, **relex_kw)
-        e_adv = explainer_mask(_explain_chunked(model, explainer, x_adv, c_adv,
+        m_adv = relex_mask(model, x_adv, c0, **relex_kw)
+        e_adv = explainer_mask(_explain_chunked(model, explainer, x_adv, c0,
                                                 max_batch_pixels))
         per_eps["relex_adv_mask"].append(hit(x_adv, m_adv))
         per_eps["relex_clean_mask"].append(hit(x_adv, m_clean))
@@ -252,6 +255,7 @@ def retrieval(
               "pgd_step_size": [2.5 * float(e) / pgd_steps for e in eps_list],
               "pgd_random_start": True,
               "pgd_label": "prediction on clean x",
+              "explained_class": "prediction on clean x, for every mask",
               "relex": {**_relex_defaults(), **(relex or {})},
               "explainer_mask": "(h - min) / (q99 - min), clamped to [0, 1]"}
     return {"eps": params["eps"], "hits": hits, "rates": rates, "pred_clean": c0,

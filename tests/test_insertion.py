@@ -44,16 +44,18 @@ def test_ranks_are_stable_by_index_and_counts_floor() -> None:
     h = torch.tensor([[[0.5, 1.0], [0.5, 0.2]]])
     assert insertion_ranks(h).tolist() == [[1, 0, 2, 3]]
     assert kept_counts(INSERTION_RATIOS, 64)[:4] == [0, 3, 6, 9]
-    assert kept_counts(INSERTION_RATIOS, 64)[-1] == 64
-    assert kept_counts([0.35, 0.15], 400) == [140, 60]  # not 139 / 59 from rounding
-    assert len(INSERTION_RATIOS) == 21
+    assert kept_counts(INSERTION_RATIOS, 64)[-1] == 60  # r = 0.95: floor(60.8)
+    assert kept_counts([0.35, 0.15, 1.0], 400) == [140, 60, 400]  # not 139 / 59 from rounding
+    # protocol v2: the reference's 20 ratios i / 20, i = 0..19 (RobustAGA test_insertion.py)
+    assert INSERTION_RATIOS == tuple(i / 20 for i in range(20))
 
 
 def test_insertion_endpoints(trained_convnet, test_batch) -> None:
     x, y = test_batch[0][:8], test_batch[1][:8]
     h = torch.rand(8, 8, 8, generator=torch.Generator().manual_seed(0))
-    curve = insertion_curve(trained_convnet, x, y, h, batch_size=50)
-    assert curve.shape == (8, 21)
+    assert insertion_curve(trained_convnet, x, y, h).shape == (8, 20)
+    curve = insertion_curve(trained_convnet, x, y, h, ratios=(0.0, 0.5, 1.0), batch_size=50)
+    assert curve.shape == (8, 3)
     with torch.no_grad():
         p_clean = F.softmax(trained_convnet(x), dim=1)[torch.arange(8), y]
         mean_img = trained_convnet.normalize.mean.expand_as(x)
@@ -61,8 +63,8 @@ def test_insertion_endpoints(trained_convnet, test_batch) -> None:
     torch.testing.assert_close(curve[:, -1], p_clean, atol=1e-5, rtol=0)
     torch.testing.assert_close(curve[:, 0], p_mean, atol=1e-5, rtol=0)
     # chunking does not change the values
-    torch.testing.assert_close(insertion_curve(trained_convnet, x, y, h, batch_size=5000),
-                               curve, atol=1e-5, rtol=0)
+    torch.testing.assert_close(insertion_curve(trained_convnet, x, y, h, ratios=(0.0, 0.5, 1.0),
+                                               batch_size=5000), curve, atol=1e-5, rtol=0)
     score = insertion(trained_convnet, get_explainer("gradient"), x, y)
     assert score.shape == (8,) and ((score >= 0) & (score <= 100)).all()
 
@@ -78,9 +80,10 @@ def test_inserting_the_read_pixel_first_scores_highest() -> None:
     s_first = 100 * insertion_curve(model, x, y, first).mean(1)
     s_last = 100 * insertion_curve(model, x, y, last).mean(1)
     p_in = torch.sigmoid(torch.tensor(6.0)).item()
-    # first: the pixel is in from r = 0.05 on (20 of 21 ratios); last: only at r = 1
-    assert s_first[0].item() == pytest.approx(100 * (0.5 + 20 * p_in) / 21, abs=1e-4)
-    assert s_last[0].item() == pytest.approx(100 * (20 * 0.5 + p_in) / 21, abs=1e-4)
+    # first: the pixel is in from r = 0.05 on (19 of 20 ratios); last: never (r stops at
+    # 0.95, 60 of 64 pixels), so the class probability stays 0.5
+    assert s_first[0].item() == pytest.approx(100 * (0.5 + 19 * p_in) / 20, abs=1e-4)
+    assert s_last[0].item() == pytest.approx(50.0, abs=1e-4)
     # the gradient explainer sees exactly that pixel, so Insertion ranks it first
     torch.testing.assert_close(insertion(model, get_explainer("gradient"), x, y), s_first)
     assert all(p.grad is None for p in model.parameters())

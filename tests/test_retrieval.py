@@ -106,3 +106,35 @@ def test_retrieval_recovers_clean_predictions(trained_convnet, test_batch, digit
     assert rates["no_mask"][1] < 0.5
     assert rates["relex_clean_mask"][1] > rates["no_mask"][1]
     assert out["params"]["relex"]["samples"] == 8 and out["params"]["relex"]["lr"] == 0.1
+
+
+def test_every_mask_explains_the_clean_prediction(trained_convnet, test_batch, digits,
+                                                  monkeypatch) -> None:
+    """PROTOCOL 5.5 (version 2; RelEx reference ``generate.py``): the masks of x_adv explain
+    the prediction on the CLEAN image, as the mask of x does, even where PGD changed it."""
+    import xrbench.metrics.retrieval as r
+
+    x = test_batch[0][:12]
+    c0 = predict(trained_convnet, x)
+    relex_classes, explained = [], []
+    real_relex = r.relex_mask
+
+    def spy_relex(model, images, c, **kw):
+        relex_classes.append(c.clone())
+        return real_relex(model, images, c, **kw)
+
+    grad = get_explainer("gradient")
+
+    def spy_explainer(model, images, target, **kw):
+        explained.append(target.clone())
+        return grad(model, images, target, **kw)
+
+    monkeypatch.setattr(r, "relex_mask", spy_relex)
+    out = retrieval(trained_convnet, spy_explainer, x, eps_list=[0.3], card=digits.card,
+                    generator=torch.Generator().manual_seed(0),
+                    relex=dict(iterations=2, samples=2))
+    assert out["rates"]["no_mask"][0] < 0.5  # PGD changed most predictions...
+    assert len(relex_classes) == 2 and len(explained) >= 2
+    for c in relex_classes + [torch.cat(explained[: len(explained) // 2]),
+                              torch.cat(explained[len(explained) // 2:])]:
+        assert torch.equal(c, c0)  # ...yet every mask explains the clean class

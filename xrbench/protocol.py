@@ -22,7 +22,7 @@ from .errors import XRBenchError
 if TYPE_CHECKING:  # the profile table must import without torch (xrbench --help)
     from .data import DatasetCard
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: SEP L_f in L_e's form, RelEx clean class, 20 insertion ratios
 CLUSTERS = 10  # k-means k (SEP paper appendix C)
 PAPER_LR_NORMALISED = 2e-4  # Dombrowski reference run_attack.py, in normalised input units
 

@@ -107,7 +107,7 @@ class Insertion(Stage):
     """Insertion score of the explainer's ranking of pixels."""
 
     name = "insertion"
-    version = 1
+    version = 2  # 2: the reference's 20 ratios (protocol v2)
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .metrics import insertion
@@ -130,7 +130,7 @@ class AdvInsertion(Stage):
     """Insertion in the order of the map of a frame-target manipulated image."""
 
     name = "adv_insertion"
-    version = 2
+    version = 3  # 3: the reference's 20 ratios (protocol v2)
     differentiates = "the Adv-Insertion frame attack (PROTOCOL 5.4)"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
@@ -160,7 +160,8 @@ class AdvInsertion(Stage):
 RETRIEVAL_KINDS = ("relex_adv_mask", "relex_clean_mask", "explainer_adv_mask",
                    "explainer_clean_mask")
 RETRIEVAL_MEANINGS = {
-    "relex_adv_mask": "clean class recovered from x_adv through the RelEx mask of x_adv",
+    "relex_adv_mask": "clean class recovered from x_adv through the RelEx mask of x_adv "
+                      "(explaining the clean class)",
     "relex_clean_mask": "clean class recovered from x_adv through the RelEx mask of x",
     "explainer_adv_mask": "the same with the explainer's own map of x_adv as the mask",
     "explainer_clean_mask": "the same with the explainer's own map of x as the mask",
@@ -171,7 +172,7 @@ class Retrieval(Stage):
     """Class retrieval through RelEx masks and the explainer's own masks."""
 
     name = "retrieval"
-    version = 2
+    version = 3  # 3: masks of x_adv explain the clean prediction (protocol v2)
 
     def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
         from .metrics import retrieval
