@@ -216,3 +216,21 @@ def test_smoke_takes_the_shipped_reference_manifest(digits, tmp_path):
                             extractor=ExtractorSpec(smoke.extractor_epochs), progress=False,
                             cache_root=tmp_path)
     assert where == "package" and m == packaged_manifest("digits", 2)
+
+
+def test_validity_with_one_image_per_cluster_does_not_apply():
+    """No intra-cluster pairs: None (not NaN, which is not JSON), and no failed check."""
+    import torch
+
+    from xrbench.models import create_model
+    from xrbench.subset import validity_check
+
+    ds = _tiny()
+    torch.manual_seed(0)
+    model = create_model("convnet", ds.card).eval()
+    x, _ = ds.test.get_batch(torch.arange(10))
+    v = validity_check(model, x, list(range(10)))
+    assert v["intra_cluster_le"] is None and v["intra_smaller"] is None
+    assert v["inter_cluster_le"] > 0
+    v2 = validity_check(model, x, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    assert isinstance(v2["intra_cluster_le"], float) and isinstance(v2["intra_smaller"], bool)

@@ -361,9 +361,12 @@ def _cmd_subset(args: argparse.Namespace) -> int:
     print(f"subset {manifest['dataset']}: {len(manifest['indices'])} images "
           f"({manifest['per_cluster']} x {manifest['clusters']} clusters), sha256 "
           f"{manifest['sha256'][:16]}...  ({where})")
-    print(f"  validity: intra-cluster L_e {v['intra_cluster_le'] * 1e7:.1f} vs inter-cluster "
-          f"{v['inter_cluster_le'] * 1e7:.1f} (x1e-7): "
-          f"{'ok, intra smaller' if v['intra_smaller'] else 'FAILED, intra not smaller'}")
+    if v["intra_smaller"] is None:  # one image per cluster: no intra-cluster pairs
+        print("  validity: not applicable (one image per cluster)")
+    else:
+        print(f"  validity: intra-cluster L_e {v['intra_cluster_le'] * 1e7:.1f} vs inter-cluster "
+              f"{v['inter_cluster_le'] * 1e7:.1f} (x1e-7): "
+              f"{'ok, intra smaller' if v['intra_smaller'] else 'FAILED, intra not smaller'}")
     if manifest["topped_up"]:
         print(f"  topped up: {manifest['topped_up']}")
     return 0

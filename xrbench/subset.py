@@ -241,7 +241,9 @@ def extract_features(model: torch.nn.Module, dataset: Dataset, device: torch.dev
 def validity_check(model: torch.nn.Module, images: torch.Tensor, cluster_ids: list[int]
                    ) -> dict[str, Any]:
     """Mean L_e at start over intra-cluster vs inter-cluster ordered pairs (appendix C:
-    intra must be smaller). Maps: grad x input of the reference model, predicted class."""
+    intra must be smaller). Maps: grad x input of the reference model, predicted class.
+    With one image per cluster there are no intra-cluster pairs: the check does not apply
+    (``intra_cluster_le`` and ``intra_smaller`` are None)."""
     explainer = get_explainer(VALIDITY_EXPLAINER)
     model.eval()
     with torch.no_grad():
@@ -253,9 +255,10 @@ def validity_check(model: torch.nn.Module, images: torch.Tensor, cluster_ids: li
     le = expl_loss(maps[v[off]], maps[t[off]])
     cid = torch.tensor(cluster_ids)
     same = cid[v[off]] == cid[t[off]]
-    intra, inter = float(le[same].mean()), float(le[~same].mean())
+    inter = float(le[~same].mean())
+    intra = float(le[same].mean()) if bool(same.any()) else None
     return {"explainer": VALIDITY_EXPLAINER, "model": "extractor", "intra_cluster_le": intra,
-            "inter_cluster_le": inter, "intra_smaller": intra < inter}
+            "inter_cluster_le": inter, "intra_smaller": None if intra is None else intra < inter}
 
 
 def build_manifest(dataset: Dataset, per_cluster: int, extractor: torch.nn.Module,
@@ -382,7 +385,7 @@ def get_manifest(dataset: Dataset, per_cluster: int, device: torch.device, *,
     manifest = build_manifest(dataset, per_cluster, model, info, device)
     path = out or cached_manifest_path(name, per_cluster, cache_root, spec.tag())
     write_json(path, manifest)
-    if not manifest["validity"]["intra_smaller"]:
+    if manifest["validity"]["intra_smaller"] is False:
         log.warning("subset validity check failed for %s: intra-cluster L_e %.3g is not "
                     "below inter-cluster %.3g", name, manifest["validity"]["intra_cluster_le"],
                     manifest["validity"]["inter_cluster_le"])
