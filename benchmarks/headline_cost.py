@@ -1,6 +1,6 @@
 """What the headline command costs, measured on small stand-ins and scaled to the real sizes.
 
-    python benchmarks/headline_cost.py                   # both tables, ~10 min on 1 thread
+    python benchmarks/headline_cost.py                   # both tables, ~5 min on 1 thread
     python benchmarks/headline_cost.py --part extractor  # the subset extractor per dataset
     python benchmarks/headline_cost.py --part stages     # the headline command, stage by stage
 
