@@ -293,6 +293,52 @@ def _is_eps(key: str) -> bool:
     return True
 
 
+#: (column, metric path, scale, digits) of the intervals view: the numbers the paper's claim
+#: is about, each as "value [low, high]" with its 95% bootstrap interval (PROTOCOL 5.7)
+INTERVAL_COLUMNS: tuple[tuple[str, tuple[str, ...], float, int], ...] = (
+    ("clean acc (%)", ("clean_acc",), 1.0, 2),
+    ("PGD acc (%)", ("pgd_acc",), 1.0, 2),
+    ("Expl@start (x1e-7)", ("expl_start",), 1e7, 0),
+    ("Expl@end (x1e-7)", ("expl_end",), 1e7, 0),
+    ("Insertion (%)", ("insertion",), 1.0, 2),
+)
+
+
+def interval_cell(metric: Any, scale: float, digits: int) -> str:
+    """``"value [low, high]"`` of a metric object (``value``, ``ci``), scaled; en dash if
+    missing."""
+    value = _num(get_field(metric, "value"))
+    if value is None:
+        return MISSING
+    ci = get_field(metric, "ci")
+    text = f"{value * scale:.{digits}f}"
+    if isinstance(ci, Sequence) and len(ci) == 2 and None not in map(_num, ci):
+        text += f" [{_num(ci[0]) * scale:.{digits}f}, {_num(ci[1]) * scale:.{digits}f}]"
+    return text
+
+
+def render_intervals(entries: Iterable[Mapping[str, Any]]) -> str:
+    """Per group, a table of :data:`INTERVAL_COLUMNS`: each metric with its 95% bootstrap
+    interval, rows in the leaderboard's order. Not-applicable stages print ``n/a``."""
+    groups = group_entries(entries)
+    if not groups:
+        return "_No entries._\n"
+    blocks = []
+    for key, rows in groups.items():
+        cells = []
+        for e in rows:
+            na = not_applicable(e)
+            cells.append([escape(get_field(e, "defense", "name")), escape(get_field(e, "seed"))]
+                         + [NOT_APPLICABLE if COLUMN_STAGE.get(col) in na else
+                            escape(interval_cell(get_field(e, "metrics", *path), scale, d))
+                            for col, path, scale, d in INTERVAL_COLUMNS])
+        table = tabulate(cells, headers=["defense", "seed", *(c[0] for c in INTERVAL_COLUMNS)],
+                         tablefmt="github", disable_numparse=True)
+        blocks.append(f"{heading(key)}\n\n{table}\n\nValue [95% bootstrap interval]; "
+                      "rows sorted by Expl@end ascending.")
+    return "\n\n".join(blocks) + "\n"
+
+
 def render_markdown(entries: Iterable[Mapping[str, Any]]) -> str:
     """Markdown leaderboards: for each group (:func:`group_key`), a heading line naming the
     group, a tabulate ``github`` table (:data:`COLUMNS`, rows by Expl@end ascending) and its

@@ -476,3 +476,32 @@ def test_reasons_and_recipe_values_stay_text_in_markdown() -> None:
                for n in _notes(md))
     table = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert all(ln.replace("\\|", "").count(" | ") == table[0].count(" | ") for ln in table)
+
+
+def test_intervals_view_prints_each_metric_with_its_interval() -> None:
+    from xrbench.leaderboard.render import interval_cell, render_intervals
+
+    assert interval_cell({"value": 1.5e-5, "ci": [1e-5, 2e-5]}, 1e7, 0) == "150 [100, 200]"
+    assert interval_cell({"value": 12.3456, "ci": None}, 1.0, 2) == "12.35"
+    assert interval_cell(None, 1.0, 2) == "\u2013"
+    md = render_intervals([make_entry("mat", expl_end=5e-5), make_entry("sep_neg")])
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert lines[0].split("|")[1].strip() == "defense"
+    mat = [c.strip() for c in lines[1].split("|")[1:-1]]  # lower Expl@end first
+    assert mat == ["mat", "0", "99.10 [98.50, 99.60]", "12.30 [10.00, 14.00]",
+                   "1200 [1100, 1300]", "500 [450, 550]", "55.00 [50.00, 60.00]"]
+    assert lines[2].split("|")[1].strip() == "sep_neg"
+    na = make_entry("normal")
+    na["not_applicable"] = {"manipulation": "evaluation-only explainer"}
+    assert "| n/a " in render_intervals([na])
+
+
+def test_same_run_ignores_where_the_dataset_lives_now() -> None:
+    from xrbench.leaderboard.schema import same_run
+
+    a, b = make_entry(), make_entry()
+    a["dataset"]["source"] = "torchvision ImageFolder at /data/photos"
+    b["dataset"]["source"] = "torchvision ImageFolder at /mnt/moved/photos"
+    assert same_run(a, b)  # a moved imagefolder is the same dataset (named by its files)
+    b["dataset"]["size"] = 16
+    assert not same_run(a, b)

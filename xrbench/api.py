@@ -306,14 +306,16 @@ def published_results_dir() -> Path:
     return Path(str(resources.files("xrbench.leaderboard").joinpath("results")))
 
 
-def leaderboard(results: str | os.PathLike[str] | None = None) -> tuple[str, int]:
+def leaderboard(results: str | os.PathLike[str] | None = None, *,
+                intervals: bool = False) -> tuple[str, int]:
     """Markdown tables of every entry below ``results`` (default: the published entries
-    shipped with the package): (text, number of entries)."""
-    from .leaderboard.render import render_markdown
+    shipped with the package): (text, number of entries). ``intervals``: instead, the main
+    metrics each with its 95% bootstrap interval."""
+    from .leaderboard.render import render_intervals, render_markdown
     from .leaderboard.schema import load_entries
 
     results = published_results_dir() if results is None else results
     entries = load_entries(Path(results))
     if not entries:
         raise XRBenchError(f"no entries (*.json) found under {results}")
-    return render_markdown(entries), len(entries)
+    return (render_intervals if intervals else render_markdown)(entries), len(entries)

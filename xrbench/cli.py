@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, metavar="FILE",
                    help="write the markdown here (default: print it)")
     p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    p.add_argument("--intervals", action="store_true",
+                   help="show clean/PGD accuracy, Expl@start/end and Insertion each with its "
+                        "95%% bootstrap interval")
     return parser
 
 
@@ -406,7 +409,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from . import api
     from .utils import atomic_write_text
 
-    text, count = api.leaderboard(args.results)
+    text, count = api.leaderboard(args.results, intervals=args.intervals)
     if args.output:
         out = Path(args.output)
         if out.exists() and not args.force:
