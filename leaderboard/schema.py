@@ -150,11 +150,14 @@ _RUN_DETAILS = ("date", "timing", "environment", "xrbench", "examples")
 
 
 def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Same inputs and same numbers: every field but :data:`_RUN_DETAILS` and the
-    checkpoint's origin agrees."""
+    """Same inputs and same numbers: every field but :data:`_RUN_DETAILS`, the checkpoint's
+    origin and the dataset's ``source`` agrees (the source is information, e.g. where an
+    ``imagefolder`` lives now; the dataset's identity is its name, a hash of its files)."""
     def core(e: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in e.items() if k not in _RUN_DETAILS}
         out["checkpoint"] = {k: v for k, v in e.get("checkpoint", {}).items() if k != "origin"}
+        if isinstance(e.get("dataset"), dict):
+            out["dataset"] = {k: v for k, v in e["dataset"].items() if k != "source"}
         return out
     return core(a) == core(b)
 
