@@ -43,6 +43,12 @@ def test_missing_calibration_names_the_command_and_its_cost(digits) -> None:
     assert f"{len(GRID) + 1} trainings of 10 epochs" in msg and "roughly" in msg
     with pytest.raises(XRBenchError, match="xrbench calibrate --defense sep_pos"):
         build_recipe("sep_pos", card, "convnet")
+    # an imagefolder is named by a hash of its files but typed as its path
+    folder = dataclasses.replace(card, name="imagefolder:0fe268ffd5c7",
+                                 source="torchvision ImageFolder at /data/my photos (name: "
+                                        "sha256 0fe268ffd5c7 of its 30 images)")
+    assert "--dataset 'imagefolder:/data/my photos' --model lenet" in str(
+        missing_calibration("sep_pos", folder, "lenet"))
 
 
 def test_shipped_digits_calibrations_are_found_first(digits) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import shlex
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -135,14 +136,19 @@ def estimate_seconds(card: DatasetCard, model: str, grid_size: int = len(GRID),
         per_unit = float(ref["cost"]["seconds_per_image_pixel_epoch"])
     except (KeyError, TypeError, ValueError):
         return None
-    sep_factor = float(ref["cost"].get("sep_over_mat", 3.0))
+    factors = [float(r["cost"]["sep_over_mat"]) for r in (
+        ref, *(read_json_object(p, "calibration record") for p in
+               [shipped_dir() / record_name("sep_pos", "digits", "convnet")] if p.is_file()))
+        if (r.get("cost") or {}).get("sep_over_mat")]
+    sep_factor = sum(factors) / len(factors) if factors else 3.0
     units = card.train_size * card.size * card.size * epochs
     return per_unit * units * (1 + sep_factor * grid_size)
 
 
 def missing_calibration(defense: str, card: DatasetCard, model: str) -> XRBenchError:
     """The error for a SEP recipe with no lambda: names the exact command and its cost."""
-    command = f"xrbench calibrate --defense {defense} --dataset {card.name} --model {model}"
+    command = (f"xrbench calibrate --defense {defense} --dataset {shlex.quote(_typed_name(card))} "
+               f"--model {model}")
     runs = f"{len(GRID) + 1} trainings of {SHORT_EPOCHS} epochs"
     est = estimate_seconds(card, model)
     if est is not None:
@@ -155,6 +161,15 @@ def missing_calibration(defense: str, card: DatasetCard, model: str) -> XRBenchE
         f"its datasets ({', '.join(_paper_datasets())}) and lambda does not transfer across "
         f"image sizes (PROTOCOL 7). Calibrate it ({cost}): `{command}`, or pass "
         "--set lambda_=...")
+
+
+def _typed_name(card: DatasetCard) -> str:
+    """The dataset as a user names it on the command line: an ``imagefolder`` card is named
+    by a hash of its files, but typed as ``imagefolder:PATH`` (the path is in its source)."""
+    if card.name.startswith("imagefolder:") and " at " in card.source:
+        path = card.source.split(" at ", 1)[1].split(" (name:", 1)[0]
+        return f"imagefolder:{path}"
+    return card.name
 
 
 def _paper_datasets() -> list[str]:
