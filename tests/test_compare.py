@@ -3,6 +3,8 @@ per-example files (the published digits quick entries ship with them)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +59,16 @@ def test_published_mat_against_sep_neg():
     assert rows["pgd_acc"].zero_inside
 
 
-def test_entries_of_different_profiles_are_not_compared():
+def test_entries_of_different_profiles_are_not_compared(tmp_path):
+    with pytest.raises(XRBenchError, match="not comparable: protocol.version is 2 in A and 1"):
+        compare(MAT, RESULTS / "paper" / "normal-s0.json")  # protocol v2 quick vs v1 paper
+    entry = json.loads(MAT.read_text())
+    entry["protocol"]["profile"] = "paper"
+    other = tmp_path / "mat-s0.json"
+    other.write_text(json.dumps(entry))
+    shutil.copy(MAT.with_name("mat-s0.examples.npz"), tmp_path)
     with pytest.raises(XRBenchError, match="not comparable: protocol.profile"):
-        compare(MAT, RESULTS / "paper" / "normal-s0.json")
+        compare(MAT, other)
 
 
 def test_compare_on_the_command_line(capsys):
