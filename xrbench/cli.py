@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "within 10. Every grid point is a cached checkpoint (an interrupted run "
                     "resumes). The record (every point, the rule, the choice) goes to "
                     "~/.cache/xrbench/calibrations/, where train and evaluate find it.")
-    p.add_argument("--defense", required=True, choices=["sep_pos", "sep_neg"])
+    p.add_argument("--defense", required=True, choices=["sep_pos", "sep_neg"],
+                   help="which SEP variant's lambda to choose (the sign of the grid)")
     p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
     p.add_argument("--model", default="convnet", help="model (default: convnet)")
     p.add_argument("--grid", nargs="+", type=float, default=None, metavar="LAMBDA",
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "100 300 1000 3000 10000 30000 100000)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the short recipe (default: 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every training and of the PGD scoring (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the record here instead of the cache (train/evaluate then do "
                         "not find it)")
