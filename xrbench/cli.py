@@ -6,15 +6,17 @@ Every error a user can cause becomes one line on stderr and exit code 2, never a
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
-import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 from .errors import XRBenchError
 
 EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
 
 MAIN_HELP = """\
 xrbench trains any registered defense with its reference recipe, scores it with one fixed
@@ -69,8 +71,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"xrbench: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: modules adding commands that read and write entries; each has ``add_commands(sub)``,
+#: which adds its subparsers and returns ``{command: handler}``
+COMMAND_MODULES = ("xrbench.cli_results",)
+
+
+def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.ArgumentParser:
+    """The ``xrbench`` parser; the result commands' handlers are added to ``handlers``."""
     from .protocol import PROFILES
+
+    handlers = {} if handlers is None else handlers
 
     parser = _Parser(
         prog="xrbench", description=MAIN_HELP,
@@ -175,29 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("compare", help="compare two entries metric by metric, paired",
-                       description="B - A for every metric of two entries scored on the same "
-                                   "subset (same dataset, profile, protocol version, manifest "
-                                   "and seed), with a paired bootstrap 95%% interval over the "
-                                   "shared images (victims for pair metrics), read from the "
-                                   "entries' per-example files; 'zero in CI' says whether the "
-                                   "difference could be noise.")
-    p.add_argument("a", metavar="A", help="entry JSON (the reference)")
-    p.add_argument("b", metavar="B", help="entry JSON compared against A")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
-
-    p = sub.add_parser("leaderboard", help="render markdown tables from a folder of entries",
-                       description="One markdown table per (dataset, model, explainer, "
-                                   "profile, protocol version), rows sorted by Expl@end.")
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="folder of JSON entries (default: the published entries shipped "
-                        "with xrbench)")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="write the markdown here (default: print it)")
-    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    p.add_argument("--intervals", action="store_true",
-                   help="show clean/PGD accuracy, Expl@start/end and Insertion each with its "
-                        "95%% bootstrap interval")
+    for module in COMMAND_MODULES:  # the result commands live in their own modules
+        handlers.update(importlib.import_module(module).add_commands(sub))
     return parser
 
 
@@ -333,28 +322,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from . import api
-    from .leaderboard.schema import read_entry
-
-    rows = []
-    for d in api.compare(args.a, args.b, n_resamples=args.resamples):
-        scale, unit = (1e7, " (x1e-7)") if d.metric.startswith("expl_") else (1.0, "")
-        rows.append((d.metric + unit, f"{d.a * scale:.4g}", f"{d.b * scale:.4g}",
-                     f"{d.diff * scale:+.4g}", f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]",
-                     "yes" if d.zero_inside else "no", f"{d.n} / {d.units}"))
-    a, b = read_entry(args.a), read_entry(args.b)
-    print(f"A = {a['defense']['name']}, B = {b['defense']['name']} on {a['dataset']['name']} / "
-          f"{a['model']['name']} / {a['explainer']['name']} / profile "
-          f"{a['protocol']['profile']}; paired bootstrap over the shared examples")
-    print(tabulate(rows, headers=["metric", "A", "B", "B - A", "95% CI of B - A", "zero in CI",
-                                  "examples / units"], tablefmt="simple",
-                   disable_numparse=True))
-    return 0
-
-
 def _cmd_subset(args: argparse.Namespace) -> int:
     from . import api
 
@@ -405,33 +372,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from . import api
-    from .utils import atomic_write_text
-
-    text, count = api.leaderboard(args.results, intervals=args.intervals)
-    if args.output:
-        out = Path(args.output)
-        if out.exists() and not args.force:
-            raise XRBenchError(f"{out} exists; pass --force to overwrite it")
-        atomic_write_text(out, text)
-        print(f"wrote {out} ({count} entries)")
-    else:
-        print(text)
-    return 0
-
-
 COMMANDS = {"list": _cmd_list, "recipe": _cmd_recipe, "train": _cmd_train, "evaluate": _cmd_evaluate,
-            "subset": _cmd_subset, "compare": _cmd_compare, "leaderboard": _cmd_leaderboard,
-            "calibrate": _cmd_calibrate}
+            "subset": _cmd_subset, "calibrate": _cmd_calibrate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xrbench`` console script; returns the exit code."""
     try:
-        parser = build_parser()
+        handlers = dict(COMMANDS)
+        parser = build_parser(handlers)
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                             format="%(levelname)s %(name)s: %(message)s")
@@ -448,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
-        return int(COMMANDS[args.command](args) or 0)
+        return int(handlers[args.command](args) or 0)
     except XRBenchError as exc:
         print(f"xrbench: error: {' '.join(str(exc).split())}", file=sys.stderr)  # one line
         return EXIT_USAGE
