@@ -2,9 +2,17 @@
 
 An *entry* is one result record (defense x dataset x model x explainer x profile x seed),
 PROTOCOL.md section 8; its format is ``schema.json`` beside this file (JSON Schema draft
-2020-12, ``schema_version`` 2; entries of version 1, written before, still read). Every entry
-is validated before it is written and after it is read, so a leaderboard never renders a
-string where a number belongs.
+2020-12, ``schema_version`` 3; entries of versions 1 and 2, written before, still read). Every
+entry is validated before it is written and after it is read, so a leaderboard never renders
+a string where a number belongs.
+
+Version 3 adds ``reported``, required: ``null`` for a *measured* entry (made by ``xrbench
+evaluate``), or an object for a *reported* entry, numbers copied from a paper's table
+(``source``, ``table``, ``method`` as printed, ``label``, ``xrbench_defense``, ``note``; each
+metric keeps the text ``as_printed``; no checkpoint, subset, run or environment; protocol
+version null). Entries of versions 1 and 2 have no ``reported`` field and are measured
+entries. The reported entries shipped with xrbench live in ``reported/`` beside this file
+(:func:`reported_dir`).
 
 Version 2 added: ``not_applicable`` (the stages that did not run for this model and explainer,
 each with the reason; their metrics are absent), ``defense.reference`` (the recipe is the
@@ -19,7 +27,9 @@ Beyond the schema, :func:`validate_entry` checks what JSON Schema cannot say:
   that could not be computed is ``null``;
 - every interval has ``lo <= hi``;
 - the landscape's ``explanation`` and ``cross_entropy`` curves have one value per gamma;
-- ``date`` is a real ISO 8601 time with a UTC offset.
+- ``date`` is a real ISO 8601 time with a UTC offset;
+- a reported metric's ``value`` is its ``as_printed`` text in the entry's units (Expl printed
+  in units of 1e-7, :data:`REPORTED_SCALE`).
 
 Layout of a results folder (:func:`entry_path`)::
 
@@ -32,6 +42,7 @@ import copy
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -39,7 +50,7 @@ from datetime import datetime
 from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
@@ -47,8 +58,13 @@ from jsonschema.exceptions import ValidationError, best_match
 from xrbench.errors import XRBenchError
 from xrbench.utils import read_json, write_json
 
-SCHEMA_VERSION = 2  # 2: not_applicable, defense.reference, component distributions, second_half_fall
+SCHEMA_VERSION = 3  # 2: not_applicable, defense.reference, component distributions,
+#                      second_half_fall; 3: reported (null = measured)
 
+#: printed unit of a reported metric, in the entry's units (the SEP paper prints L_e x1e7)
+REPORTED_SCALE: dict[str, float] = {"expl_start": 1e-7, "expl_end": 1e-7}
+
+_log = logging.getLogger(__name__)
 _MAX_MESSAGE = 240  # characters of an error message (an instance repr can be huge)
 
 
@@ -109,12 +125,31 @@ def _semantic_error(entry: dict[str, Any]) -> str | None:
             if len(land.get(key, [])) != n:
                 return (f"{_path_str(('metrics', 'landscape', key))}: has "
                         f"{len(land.get(key, []))} values for {n} gammas")
+    if is_reported(entry):
+        return _reported_value_error(entry)
     date = entry.get("date")
     try:
         datetime.fromisoformat(date.replace("Z", "+00:00"))
     except ValueError:
         return f"entry.date: {date!r} is not a valid ISO 8601 date-time"
     return None
+
+
+def _reported_value_error(entry: dict[str, Any]) -> str | None:
+    """A reported metric whose ``value`` is not its ``as_printed`` text in the entry's units."""
+    for path, value in _walk(entry.get("metrics", {}), ("metrics",)):
+        if isinstance(value, dict) and "as_printed" in value and "value" in value:
+            want = float(value["as_printed"]) * REPORTED_SCALE.get(str(path[1]), 1.0)
+            if not math.isclose(value["value"], want, rel_tol=1e-9, abs_tol=1e-15):
+                return (f"{_path_str(path)}: value {value['value']!r} is not the printed "
+                        f"{value['as_printed']!r} in the entry's units ({want!r})")
+    return None
+
+
+def is_reported(entry: Mapping[str, Any]) -> bool:
+    """Whether ``entry`` holds numbers copied from a paper (its ``reported`` is an object)
+    rather than measured by xrbench."""
+    return isinstance(entry, Mapping) and isinstance(entry.get("reported"), Mapping)
 
 
 def validate_entry(entry: dict[str, Any]) -> None:
@@ -151,10 +186,15 @@ _RUN_DETAILS = ("date", "timing", "environment", "xrbench", "examples")
 
 def same_run(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Same inputs and same numbers: every field but :data:`_RUN_DETAILS`, the checkpoint's
-    origin and the dataset's ``source`` agrees (the source is information, e.g. where an
-    ``imagefolder`` lives now; the dataset's identity is its name, a hash of its files)."""
+    origin, the dataset's ``source`` and the schema version agrees (the source is
+    information, e.g. where an ``imagefolder`` lives now; the dataset's identity is its name,
+    a hash of its files; an entry of version 2 and the same run written as version 3, with
+    ``reported: null``, are one run)."""
     def core(e: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in e.items() if k not in _RUN_DETAILS}
+        # the schema version is the file format, not the run; versions < 3 are measured
+        out.pop("schema_version", None)
+        out["reported"] = e.get("reported")
         out["checkpoint"] = {k: v for k, v in e.get("checkpoint", {}).items() if k != "origin"}
         if isinstance(e.get("dataset"), dict):
             out["dataset"] = {k: v for k, v in e["dataset"].items() if k != "source"}
@@ -255,10 +295,72 @@ def entry_path(out_dir: str | os.PathLike[str], entry: dict[str, Any]) -> Path:
 def load_entries(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every ``*.json`` entry below ``results_dir`` (hidden files and folders skipped), in
     sorted path order, each validated; a malformed or invalid file is an
-    :class:`XRBenchError` naming it."""
+    :class:`XRBenchError` naming it (strict; :func:`scan_entries` skips such files with a
+    warning instead)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise XRBenchError(f"results folder not found: {root}")
-    files = sorted(p for p in root.rglob("*.json") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    return [read_entry(p) for p in files]
+    return [read_entry(p) for p in _entry_files(root)]
+
+
+def reported_dir() -> Path:
+    """The folder of the reported entries shipped with xrbench (``reported/`` beside this
+    module): the SEP paper's Table 2 and Joo et al. 2023's Table 1, one file per row."""
+    return Path(str(resources.files("xrbench.leaderboard").joinpath("reported")))
+
+
+def _entry_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.json") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One entry read from disk: its file and its validated content."""
+
+    path: Path
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file that is not a valid entry, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Scan:
+    """What :func:`scan_entries` found: the valid entries and the files it skipped."""
+
+    loaded: list[Loaded]
+    skipped: list[Skipped]
+
+
+def scan_entries(results_dirs: Iterable[str | os.PathLike[str]]) -> Scan:
+    """Every ``*.json`` file below each folder of ``results_dirs`` (hidden files and folders
+    skipped; folders in the given order, files in sorted path order), read leniently: a
+    malformed or schema-invalid file is skipped with a ``logging`` warning naming it and the
+    reason, and listed in :attr:`Scan.skipped`; a file reached twice (overlapping folders) is
+    read once. A folder that does not exist is an :class:`XRBenchError` (a typo, not a bad
+    entry). :func:`load_entries` is the strict version."""
+    loaded: list[Loaded] = []
+    skipped: list[Skipped] = []
+    seen: set[Path] = set()
+    for d in results_dirs:
+        root = Path(d)
+        if not root.is_dir():
+            raise XRBenchError(f"results folder not found: {root}")
+        for p in _entry_files(root):
+            key = p.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                loaded.append(Loaded(p, read_entry(p)))
+            except XRBenchError as exc:
+                reason = _one_line(str(exc).replace(f"invalid result entry {p}: ", ""))
+                _log.warning("skipped %s: %s", p, reason)
+                skipped.append(Skipped(p, reason))
+    return Scan(loaded, skipped)

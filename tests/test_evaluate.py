@@ -174,7 +174,8 @@ def test_entry_records_reference_provenance_and_the_loss_fall(first_run, digits)
     from xrbench.train import build_recipe
 
     e = first_run.entry
-    assert e["schema_version"] == 2 and e["not_applicable"] == {}  # every stage ran
+    assert e["schema_version"] == 3 and e["reported"] is None  # measured, not copied
+    assert e["not_applicable"] == {}  # every stage ran
     # --epochs 2 (FAST) is not the reference recipe: the entry says which field differs
     assert e["defense"]["reference"] is False
     assert e["defense"]["recipe_diff"] == {"epochs": {"value": 2, "reference": 25}}

@@ -83,7 +83,7 @@ def _rejects(entry: dict[str, Any]) -> str:
 def test_schema_is_valid_draft_2020_12_and_example_validates() -> None:
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
-    assert schema["properties"]["schema_version"] == {"enum": [1, 2]}  # 1 still reads
+    assert schema["properties"]["schema_version"] == {"enum": [1, 2, 3]}  # 1 and 2 still read
     validate_entry(make_entry())
     # null where a metric could not be computed; extra (future) metrics and card fields pass
     e = make_entry()

@@ -94,6 +94,7 @@ def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
                   "pair_batch": p.pair_batch, **stage_params}
     return {
         "schema_version": SCHEMA_VERSION,
+        "reported": None,  # measured by this run (not copied from a paper)
         "protocol": {"version": PROTOCOL_VERSION, "profile": p.name, "parameters": parameters},
         "xrbench": {"version": __version__, "git_commit": git_commit()},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
