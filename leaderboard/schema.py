@@ -42,7 +42,6 @@ import copy
 import functools
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -64,7 +63,6 @@ SCHEMA_VERSION = 3  # 2: not_applicable, defense.reference, component distributi
 #: printed unit of a reported metric, in the entry's units (the SEP paper prints L_e x1e7)
 REPORTED_SCALE: dict[str, float] = {"expl_start": 1e-7, "expl_end": 1e-7}
 
-_log = logging.getLogger(__name__)
 _MAX_MESSAGE = 240  # characters of an error message (an instance repr can be huge)
 
 
@@ -341,9 +339,10 @@ class Scan:
 def scan_entries(results_dirs: Iterable[str | os.PathLike[str]]) -> Scan:
     """Every ``*.json`` file below each folder of ``results_dirs`` (hidden files and folders
     skipped; folders in the given order, files in sorted path order), read leniently: a
-    malformed or schema-invalid file is skipped with a ``logging`` warning naming it and the
-    reason, and listed in :attr:`Scan.skipped`; a file reached twice (overlapping folders) is
-    read once. A folder that does not exist is an :class:`XRBenchError` (a typo, not a bad
+    malformed or schema-invalid file is skipped and listed in :attr:`Scan.skipped` with the
+    reason (the caller warns: ``xrbench leaderboard`` logs one warning per skipped file, or
+    names them in its error when nothing valid is left); a file reached twice (overlapping
+    folders) is read once. A folder that does not exist is an :class:`XRBenchError` (a typo, not a bad
     entry). :func:`load_entries` is the strict version."""
     loaded: list[Loaded] = []
     skipped: list[Skipped] = []
@@ -361,6 +360,5 @@ def scan_entries(results_dirs: Iterable[str | os.PathLike[str]]) -> Scan:
                 loaded.append(Loaded(p, read_entry(p)))
             except XRBenchError as exc:
                 reason = _one_line(str(exc).replace(f"invalid result entry {p}: ", ""))
-                _log.warning("skipped %s: %s", p, reason)
                 skipped.append(Skipped(p, reason))
     return Scan(loaded, skipped)

@@ -306,16 +306,41 @@ def published_results_dir() -> Path:
     return Path(str(resources.files("xrbench.leaderboard").joinpath("results")))
 
 
-def leaderboard(results: str | os.PathLike[str] | None = None, *,
-                intervals: bool = False) -> tuple[str, int]:
-    """Markdown tables of every entry below ``results`` (default: the published entries
-    shipped with the package): (text, number of entries). ``intervals``: instead, the main
-    metrics each with its 95% bootstrap interval."""
-    from .leaderboard.render import render_intervals, render_markdown
-    from .leaderboard.schema import load_entries
+def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
+                | tuple[str | os.PathLike[str], ...] | None = None, *, format: str = "md",
+                intervals: bool = False, reported: str | None = None) -> Any:
+    """The leaderboard of every entry below ``results`` (a folder or a list of folders;
+    default: the published entries shipped with the package), rendered as ``format``:
+    ``md`` (markdown tables, notes and correlation lines), ``json`` (one document valid
+    against ``leaderboard-schema.json``) or ``html`` (one self-contained page).
 
-    results = published_results_dir() if results is None else results
-    entries = load_entries(Path(results))
-    if not entries:
-        raise XRBenchError(f"no entries (*.json) found under {results}")
-    return (render_intervals if intervals else render_markdown)(entries), len(entries)
+    Returns a :class:`xrbench.leaderboard.board.Rendered`: ``.text`` and ``.board`` (its
+    tables, duplicates and skipped files). A malformed or invalid file is skipped with a
+    ``logging`` warning naming it; duplicated rows are warned about and shown, not merged.
+    ``intervals``: each value with its 95% bootstrap interval (markdown: the intervals view).
+    ``reported``: where the reported entries shipped with xrbench (paper tables) appear:
+    ``all`` (beside measured rows of the same dataset, model, explainer and profile, and in
+    tables of their own; the default without ``results``), ``beside`` (the default with
+    ``results``) or ``none``. No table at all is an :class:`XRBenchError` naming the skipped
+    files."""
+    from .leaderboard.board import Rendered, load_board, render_board, warn_about
+
+    if format not in ("md", "json", "html"):
+        raise XRBenchError(f"unknown leaderboard format {format!r}; use md, json or html")
+    if reported is not None and reported not in ("all", "beside", "none"):
+        raise XRBenchError(f"--reported must be all, beside or none, got {reported!r}")
+    if results is None:
+        dirs = None
+    elif isinstance(results, (str, os.PathLike)):
+        dirs = [results]
+    else:
+        dirs = list(results)
+    board = load_board(dirs, reported_mode=reported)
+    if not board.tables:
+        where = "the published entries" if dirs is None else ", ".join(map(str, dirs))
+        why = "".join(f"; skipped {s.path}: {s.reason}" for s in board.skipped[:5])
+        more = (f"; and {len(board.skipped) - 5} more skipped files"
+                if len(board.skipped) > 5 else "")
+        raise XRBenchError(f"no entries (*.json) found under {where}{why}{more}")
+    warn_about(board)
+    return Rendered(render_board(board, format, intervals=intervals), board)

@@ -25,18 +25,41 @@ def add_commands(sub: Any) -> dict[str, Any]:
     p.add_argument("b", metavar="B", help="entry JSON compared against A")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
 
-    p = sub.add_parser("leaderboard", help="render markdown tables from a folder of entries",
-                       description="One markdown table per (dataset, model, explainer, "
-                                   "profile, protocol version), rows sorted by Expl@end.")
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="folder of JSON entries (default: the published entries shipped "
-                        "with xrbench)")
-    p.add_argument("--output", default=None, metavar="FILE",
-                   help="write the markdown here (default: print it)")
-    p.add_argument("--force", action="store_true", help="overwrite --output if it exists")
-    p.add_argument("--intervals", action="store_true",
-                   help="show clean/PGD accuracy, Expl@start/end and Insertion each with its "
-                        "95%% bootstrap interval")
+    p = sub.add_parser(
+        "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
+        description="One table per (dataset, model, explainer, profile, protocol version), "
+                    "rows sorted by Expl@end; under each, the correlation of PGD accuracy with "
+                    "each explanation metric (Spearman and Kendall, 95%% bootstrap interval "
+                    "over the table's rows; a sentence instead below 4 rows). Numbers copied "
+                    "from the SEP paper's Table 2 and Joo et al. 2023's Table 1 ship as "
+                    "'reported' rows, labelled as such, beside measured rows of the same "
+                    "dataset, model, explainer and profile. A file that is not a valid entry "
+                    "is skipped with a warning naming it; two rows with the same source, "
+                    "defense and seed are both shown, marked, and warned about.")
+    p.add_argument("--results", action="append", default=None, metavar="DIR",
+                   help="folder of JSON entries, searched recursively; repeat for several "
+                        "(default: the published entries shipped with xrbench)")
+    p.add_argument("--format", choices=("md", "json", "html"), default=None,
+                   help="md: markdown tables (default); json: one document valid against "
+                        "leaderboard-schema.json (tables, rows, notes, correlations, "
+                        "duplicates, skipped files); html: one self-contained page (sortable "
+                        "columns, scatter plots embedded, no external resources). Default: "
+                        "from --out's suffix (.md, .json, .html), else md")
+    p.add_argument("--out", "--output", dest="out", default=None, metavar="PATH",
+                   help="write to this file, atomically (default: print to stdout); "
+                        "--output is the older name")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--ci", "--intervals", dest="ci", action="store_true",
+                   help="show each value with its 95%% bootstrap interval (the entries' ci): "
+                        "markdown prints the intervals view (clean/PGD accuracy, "
+                        "Expl@start/end, Insertion), HTML adds the interval under each "
+                        "value; JSON always has them. --intervals is the older name")
+    p.add_argument("--reported", choices=("all", "beside", "none"), default=None,
+                   help="where the reported rows (paper tables shipped with xrbench) go: "
+                        "all = beside measured rows of the same dataset, model, explainer and "
+                        "profile, and in tables of their own (default without --results); "
+                        "beside = only beside measured rows (default with --results); "
+                        "none = left out")
     return {"compare": _cmd_compare, "leaderboard": _cmd_leaderboard}
 
 
@@ -62,19 +85,47 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+_SUFFIX_FORMAT = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html",
+                  ".htm": "html"}
+
+
+def leaderboard_format(fmt: str | None, out: str | None) -> str:
+    """The output format: ``--format`` if given, else from ``--out``'s suffix, else md; an
+    ``--out`` whose suffix names another format than ``--format`` is an error."""
+    from pathlib import Path
+
+    guessed = _SUFFIX_FORMAT.get(Path(out).suffix.lower()) if out else None
+    if fmt is not None and guessed is not None and guessed != fmt:
+        raise XRBenchError(f"--format {fmt} but --out {out} ends in {Path(out).suffix}; "
+                           "make them agree")
+    return fmt or guessed or "md"
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import api
     from .utils import atomic_write_text
 
-    text, count = api.leaderboard(args.results, intervals=args.intervals)
-    if args.output:
-        out = Path(args.output)
+    fmt = leaderboard_format(args.format, args.out)
+    out = Path(args.out) if args.out else None
+    if out is not None:  # refuse before any work
+        if out.is_dir():
+            raise XRBenchError(f"--out {out} is a folder; give a file path")
         if out.exists() and not args.force:
             raise XRBenchError(f"{out} exists; pass --force to overwrite it")
-        atomic_write_text(out, text)
-        print(f"wrote {out} ({count} entries)")
+    rendered = api.leaderboard(args.results, format=fmt, intervals=args.ci,
+                               reported=args.reported)
+    if out is not None:
+        try:
+            atomic_write_text(out, rendered.text)
+        except OSError as exc:
+            raise XRBenchError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        board = rendered.board
+        print(f"wrote {out} ({fmt}; {len(board.tables)} tables, {rendered.count} entries"
+              + (f", {len(board.skipped)} files skipped" if board.skipped else "")
+              + (f", {len(board.duplicates)} duplicate groups" if board.duplicates else "")
+              + ")")
     else:
-        print(text)
+        print(rendered.text, end="" if rendered.text.endswith("\n") else "\n")
     return 0

@@ -1,0 +1,485 @@
+"""A leaderboard as data: tables of rows, their correlations, duplicates and skipped files.
+
+:func:`build_board` is pure (entries in, :class:`Board` out); :func:`load_board` reads the
+folders first. Every output format renders a :class:`Board`: markdown
+(:func:`xrbench.leaderboard.render.render_markdown`), the combined JSON document
+(:func:`board_document`, validated against ``leaderboard-schema.json``) and HTML
+(:func:`xrbench.leaderboard.html.render_html`).
+
+Tables (PROTOCOL.md section 8): one per (dataset, model, explainer, profile, protocol
+version) of the measured entries. Measured rows come first, sorted by Expl@end ascending;
+reported rows (numbers copied from a paper, :func:`~xrbench.leaderboard.schema.is_reported`)
+follow, sorted the same way, each labelled with its source. A reported row has no protocol
+version (the paper's setup is none of xrbench's): it joins every measured table of the same
+dataset, model, explainer and profile, and where there is none it gets a table of its own
+(``reported_only``; only with ``reported="all"``).
+
+Duplicates: two rows of one table with the same source, defense and seed (two files of the
+same run, or of two runs) are not merged and neither is dropped: both rows are shown, each
+marked with its duplicate group's number, the files are listed in :attr:`Board.duplicates`,
+and the rows of a duplicate group are left out of the table's correlations (one defense must
+not count twice).
+
+Correlations (:mod:`xrbench.leaderboard.analysis`): over the measured rows, and separately
+over each source's reported rows; never over a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
+
+from .analysis import (CORRELATED, LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet,
+                       rps_eps_for, table_correlations)
+from .schema import Loaded, Skipped, is_reported
+
+_log = logging.getLogger(__name__)
+
+ReportedMode = Literal["all", "beside", "none"]
+FORMATS: tuple[str, ...] = ("md", "json", "html")
+REPORTED_MODES: tuple[str, ...] = ("all", "beside", "none")
+DOCUMENT_FORMAT = "xrbench-leaderboard"
+DOCUMENT_VERSION = 1  # leaderboard-schema.json's format_version
+
+#: (dataset, model, explainer, profile, protocol version); the version is None for a table
+#: of reported rows only
+TableKey = tuple[str, str, str, str, Any]
+
+
+def _get(obj: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(obj, Mapping) or k not in obj:
+            return None
+        obj = obj[k]
+    return obj
+
+
+def table_key(entry: Mapping[str, Any]) -> TableKey:
+    """(dataset, model, explainer, profile, protocol version) of an entry (the version is
+    None for a reported entry)."""
+    return (str(_get(entry, "dataset", "name")), str(_get(entry, "model", "name")),
+            str(_get(entry, "explainer", "name")), str(_get(entry, "protocol", "profile")),
+            _get(entry, "protocol", "version"))
+
+
+@dataclass
+class Row:
+    """One row: the entry, where it came from (``file``: a display path, or ``(entry N)``
+    for the N-th entry given in memory), and its duplicate group (1-based,
+    :attr:`Board.duplicates`) if any."""
+
+    entry: Mapping[str, Any]
+    file: str | None = None
+    duplicate: int | None = None
+
+    @property
+    def reported(self) -> bool:
+        return is_reported(self.entry)
+
+    @property
+    def source(self) -> str:
+        """``measured``, or ``reported: <label>`` (e.g. ``reported: SEP paper, Table 2``)."""
+        if self.reported:
+            return f"reported: {self.entry['reported'].get('label', 'paper')}"
+        return "measured"
+
+
+@dataclass
+class Table:
+    """One leaderboard table: its key, rows (measured first), the eps its RPS column uses,
+    and the correlations of its measured rows and of each source's reported rows."""
+
+    key: TableKey
+    rows: list[Row]
+    rps_eps: str | None = None
+    correlations: list[CorrelationSet] = field(default_factory=list)
+
+    @property
+    def reported_only(self) -> bool:
+        return bool(self.rows) and all(r.reported for r in self.rows)
+
+    @property
+    def has_reported(self) -> bool:
+        return any(r.reported for r in self.rows)
+
+    @property
+    def title(self) -> str:
+        """``digits / convnet / grad_x_input / profile quick / protocol v2`` (plain text;
+        renderers escape it); ``... / profile paper / reported only`` for a table of
+        reported rows only."""
+        dataset, model, explainer, profile, version = self.key
+        tail = "reported only" if version is None else f"protocol v{version}"
+        return f"{dataset} / {model} / {explainer} / profile {profile} / {tail}"
+
+
+@dataclass
+class Duplicate:
+    """Rows of one table sharing (source, defense, seed): their files, in reading order."""
+
+    number: int
+    table: TableKey
+    source: str
+    defense: str
+    seed: Any
+    files: list[str]
+
+
+@dataclass
+class Board:
+    """Everything a leaderboard shows: tables in print order (measured tables sorted by
+    key, then reported-only ones), duplicates, files skipped while reading (each with its
+    reason) and the inputs it was built from."""
+
+    tables: list[Table]
+    duplicates: list[Duplicate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    inputs: list[str] = field(default_factory=list)
+    reported_mode: str = "all"
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(t.rows) for t in self.tables)
+
+    @property
+    def n_entries(self) -> int:
+        """Entries shown (a reported entry beside two measured tables counts once)."""
+        return len({id(r.entry) for t in self.tables for r in t.rows})
+
+
+def _expl_end(entry: Mapping[str, Any]) -> float | None:
+    v = _get(entry, "metrics", "expl_end", "value")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _sort_key(row: Row) -> tuple[Any, ...]:
+    end = _expl_end(row.entry)
+    seed = _get(row.entry, "seed")
+    return (row.reported, row.source, end is None, end if end is not None else 0.0,
+            str(_get(row.entry, "defense", "name")), seed if isinstance(seed, int) else -1,
+            row.file or "")
+
+
+def _str_key(key: TableKey) -> tuple[str, ...]:
+    return tuple(map(str, key))
+
+
+def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str = "all",
+                skipped: Sequence[Skipped] = (), inputs: Sequence[str] = (),
+                resamples: int = RESAMPLES, seed: int = SEED) -> Board:
+    """Group ``rows`` (entries or :class:`Row`) into tables, find duplicates and compute each
+    table's correlations (module docstring). ``reported_mode``: ``all`` (reported rows
+    beside measured ones and in tables of their own), ``beside`` (only beside measured
+    rows), ``none`` (left out). Pure: reads nothing from disk."""
+    if reported_mode not in REPORTED_MODES:
+        raise ValueError(f"reported_mode must be one of {REPORTED_MODES}, got {reported_mode!r}")
+    all_rows = [r if isinstance(r, Row) else Row(r) for r in rows]
+    # entries given without a file are named by their position in the input
+    for i, r in enumerate(all_rows, 1):
+        if r.file is None:
+            r.file = f"(entry {i})"
+    measured: dict[TableKey, list[Row]] = {}
+    reported: list[Row] = []
+    for r in all_rows:
+        if r.reported:
+            reported.append(r)
+        else:
+            measured.setdefault(table_key(r.entry), []).append(r)
+    tables = {k: Table(k, list(v)) for k, v in measured.items()}
+    own: dict[TableKey, Table] = {}
+    if reported_mode != "none":
+        for r in reported:
+            k4 = table_key(r.entry)[:4]
+            hosts = [t for k, t in tables.items() if k[:4] == k4]
+            for t in hosts:
+                t.rows.append(Row(r.entry, r.file))
+            if not hosts and reported_mode == "all":
+                own.setdefault((*k4, None), Table((*k4, None), [])).rows.append(r)
+    ordered = ([tables[k] for k in sorted(tables, key=_str_key)]
+               + [own[k] for k in sorted(own, key=_str_key)])
+    duplicates: list[Duplicate] = []
+    for t in ordered:
+        t.rows.sort(key=_sort_key)
+        groups: dict[tuple[str, str, Any], list[Row]] = {}
+        for r in t.rows:
+            groups.setdefault((r.source, str(_get(r.entry, "defense", "name")),
+                               _get(r.entry, "seed")), []).append(r)
+        for (source, defense, s), members in groups.items():
+            if len(members) > 1:
+                number = len(duplicates) + 1
+                for m in members:
+                    m.duplicate = number
+                duplicates.append(Duplicate(
+                    number, t.key, source, defense, s,
+                    [str(m.file) for m in members]))
+        t.rps_eps = rps_eps_for([r.entry for r in t.rows])
+        t.correlations = _correlations(t, resamples=resamples, seed=seed)
+    return Board(ordered, duplicates, list(skipped), list(inputs), reported_mode)
+
+
+def _correlations(table: Table, *, resamples: int, seed: int) -> list[CorrelationSet]:
+    out = []
+    sources = list(dict.fromkeys(r.source for r in table.rows))
+    for source in sources:
+        members = [r for r in table.rows if r.source == source]
+        kept = [r.entry for r in members if r.duplicate is None]
+        out.append(table_correlations(kept, source, table.rps_eps,
+                                      excluded_duplicates=len(members) - len(kept),
+                                      resamples=resamples, seed=seed))
+    return out
+
+
+# --- reading from disk --------------------------------------------------------------------
+
+def _display(path: Path, root: Path, label: str | None) -> str:
+    """A file's display path: ``<label>/<path below root>`` for the shipped folders (so
+    output does not depend on where xrbench is installed), else the path as found."""
+    if label is None:
+        return str(path)
+    return f"{label}/{path.relative_to(root).as_posix()}"
+
+
+def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
+               reported_mode: str | None = None, resamples: int = RESAMPLES,
+               seed: int = SEED) -> Board:
+    """Read the entries below each folder of ``results`` (default: the published entries
+    shipped with xrbench) leniently (:func:`~xrbench.leaderboard.schema.scan_entries`: a bad
+    file is skipped with a warning and listed in :attr:`Board.skipped`), add the shipped
+    reported entries, and :func:`build_board`. ``reported_mode`` defaults to ``all`` for
+    the published entries and ``beside`` for folders of your own."""
+    from .schema import reported_dir, scan_entries
+
+    published = results is None or len(results) == 0
+    roots: list[tuple[Path, str | None]]
+    if published:
+        roots = [(published_dir(), "published")]
+    else:
+        roots = [(Path(r), None) for r in results]  # type: ignore[union-attr]
+    mode = reported_mode or ("all" if published else "beside")
+    rows: list[Row] = []
+    skipped: list[Skipped] = []
+    for root, label in roots:
+        scan = scan_entries([root])
+        rows += [Row(x.entry, _display(x.path, root, label)) for x in scan.loaded]
+        skipped += [Skipped(Path(_display(x.path, root, label)), x.reason)
+                    for x in scan.skipped]
+    if mode != "none":
+        rep_root = reported_dir()
+        scan = scan_entries([rep_root])
+        # a copy of a reported file inside a results folder is the same row: read once
+        seen = {json.dumps(r.entry, sort_keys=True) for r in rows if r.reported}
+        rows += [Row(x.entry, _display(x.path, rep_root, "reported")) for x in scan.loaded
+                 if json.dumps(x.entry, sort_keys=True) not in seen]
+        skipped += [Skipped(Path(_display(x.path, rep_root, "reported")), x.reason)
+                    for x in scan.skipped]
+    inputs = ["published" if label else str(root) for root, label in roots]
+    return build_board(rows, reported_mode=mode, skipped=skipped, inputs=inputs,
+                       resamples=resamples, seed=seed)
+
+
+def published_dir() -> Path:
+    """The folder of the published entries shipped with xrbench (``results/``)."""
+    return Path(str(resources.files("xrbench.leaderboard").joinpath("results")))
+
+
+# --- the combined JSON document -----------------------------------------------------------
+
+#: (key, label, unit, display scale) of each value a row carries in the JSON document and
+#: the HTML page; values are in entry units, display = value x scale
+VALUE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
+    ("clean_acc", "clean acc (%)", "percent", 1.0),
+    ("pgd_acc", "PGD acc (%)", "percent", 1.0),
+    ("expl_start", "Expl@start (x1e-7)", "L_e", 1e7),
+    ("expl_end", "Expl@end (x1e-7)", "L_e", 1e7),
+    ("loss_fall_2nd_half", "Loss fall 2nd half (%)", "share", 100.0),
+    ("rps_cosine", "RPS cos", "similarity", 1.0),
+    ("insertion", "Insertion (%)", "percent", 1.0),
+    ("adv_insertion", "Adv-Ins. (%)", "percent", 1.0),
+    ("retrieval", "Retrieval (%)", "share", 100.0),
+)
+
+
+def row_values(entry: Mapping[str, Any], rps_eps: str | None
+               ) -> dict[str, dict[str, Any]]:
+    """The row's values in entry units, ``{key: {"value": v | None, "ci": [lo, hi] | None}}``
+    for every key of :data:`VALUE_COLUMNS` (RPS cosine at ``rps_eps``; retrieval = RelEx
+    mask of x_adv at the middle eps; the loss fall has no interval)."""
+    from .render import middle_eps, second_half_fall
+
+    def metric(*path: str) -> dict[str, Any]:
+        m = _get(entry, "metrics", *path)
+        v = _get(m, "value")
+        ci = _get(m, "ci")
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        good_ci = (isinstance(ci, Sequence) and len(ci) == 2
+                   and all(isinstance(c, (int, float)) for c in ci))
+        return {"value": float(v) if ok else None,
+                "ci": [float(ci[0]), float(ci[1])] if ok and good_ci else None}
+
+    retrieval = _get(entry, "metrics", "retrieval", "relex_adv_mask")
+    mid = middle_eps(retrieval)
+    return {
+        "clean_acc": metric("clean_acc"), "pgd_acc": metric("pgd_acc"),
+        "expl_start": metric("expl_start"), "expl_end": metric("expl_end"),
+        "loss_fall_2nd_half": {"value": second_half_fall(entry), "ci": None},
+        "rps_cosine": (metric("rps", "cosine", rps_eps) if rps_eps is not None
+                       else {"value": None, "ci": None}),
+        "insertion": metric("insertion"), "adv_insertion": metric("adv_insertion"),
+        "retrieval": (metric("retrieval", "relex_adv_mask", mid) if mid is not None
+                      else {"value": None, "ci": None}),
+    }
+
+
+def _interval(ci: Any) -> list[float] | None:
+    return None if ci is None else [ci.lo, ci.hi]
+
+
+def board_document(board: Board) -> dict[str, Any]:
+    """The combined JSON document of ``board`` (format ``xrbench-leaderboard``, version
+    :data:`DOCUMENT_VERSION`, ``leaderboard-schema.json``): every table with its rows
+    (values in entry units), plain-text notes, correlations, and the board's duplicates and
+    skipped files. Deterministic: no date, paths of the shipped folders relative to them."""
+    from xrbench import __version__
+
+    from .render import flags_list, not_applicable, reference_note, table_notes
+
+    tables = []
+    for t in board.tables:
+        dataset, model, explainer, profile, version = t.key
+        rows = []
+        for r in t.rows:
+            e = r.entry
+            seed = _get(e, "seed")
+            rows.append({
+                "source": "reported" if r.reported else "measured",
+                "reported": dict(e["reported"]) if r.reported else None,
+                "file": r.file,
+                "defense": str(_get(e, "defense", "name")),
+                "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                "values": row_values(e, t.rps_eps),
+                "flags": flags_list(e),
+                "not_applicable": not_applicable(e),
+                "reference_note": reference_note(e),
+                "duplicate": r.duplicate,
+            })
+        tables.append({
+            "key": {"dataset": dataset, "model": model, "explainer": explainer,
+                    "profile": profile, "protocol_version": version},
+            "title": t.title,
+            "reported_only": t.reported_only,
+            "rps_eps": t.rps_eps,
+            "rows": rows,
+            "notes": table_notes(t),
+            "correlations": [{
+                "rows": cs.rows, "n_rows": cs.n_rows, "note": cs.note,
+                "excluded_duplicates": cs.excluded_duplicates,
+                "items": [{"metric": c.metric, "label": c.label, "n": c.n,
+                           "spearman": c.spearman, "kendall": c.kendall,
+                           "spearman_ci": _interval(c.spearman_ci),
+                           "kendall_ci": _interval(c.kendall_ci),
+                           "resamples": c.resamples, "resamples_used": c.resamples_used,
+                           "note": c.note} for c in cs.items],
+            } for cs in t.correlations],
+        })
+    return {
+        "format": DOCUMENT_FORMAT,
+        "format_version": DOCUMENT_VERSION,
+        "xrbench_version": __version__,
+        "inputs": {"results": list(board.inputs), "reported": board.reported_mode},
+        "columns": [{"key": k, "label": label, "unit": unit, "display_scale": scale}
+                    for k, label, unit, scale in VALUE_COLUMNS],
+        "correlation_method": {
+            "statistics": ["spearman", "kendall_tau_b"], "against": "pgd_acc",
+            "metrics": [m.key for m in CORRELATED], "interval": "percentile bootstrap",
+            "resampled_unit": "table rows", "level": LEVEL, "resamples": RESAMPLES,
+            "seed": SEED, "min_rows": MIN_ROWS,
+        },
+        "tables": tables,
+        "duplicates": [{"number": d.number,
+                        "table": dict(zip(("dataset", "model", "explainer", "profile",
+                                           "protocol_version"), d.table)),
+                        "source": d.source, "defense": d.defense,
+                        "seed": d.seed if isinstance(d.seed, int) else None,
+                        "files": list(d.files)} for d in board.duplicates],
+        "skipped": [{"file": str(s.path), "reason": s.reason} for s in board.skipped],
+    }
+
+
+def load_document_schema() -> dict[str, Any]:
+    """``leaderboard-schema.json``: the JSON Schema (draft 2020-12) of
+    :func:`board_document`."""
+    text = resources.files("xrbench.leaderboard").joinpath(
+        "leaderboard-schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def validate_document(doc: Mapping[str, Any]) -> None:
+    """Check a leaderboard document against ``leaderboard-schema.json``; a problem is an
+    :class:`~xrbench.errors.XRBenchError` naming its path."""
+    import jsonschema
+    from jsonschema.exceptions import best_match
+
+    from xrbench.errors import XRBenchError
+
+    schema = load_document_schema()
+    error = best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if error is not None:
+        where = "document" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                                     for p in error.absolute_path)
+        raise XRBenchError(f"{where}: {error.message}"[:240])
+
+
+def render_json(board: Board) -> str:
+    """The combined document as JSON text (validated first; 2-space indent, keys in
+    document order, no NaN)."""
+    doc = board_document(board)
+    validate_document(doc)
+    return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+# --- one entry point for every format ------------------------------------------------------
+
+@dataclass
+class Rendered:
+    """A rendered leaderboard: the ``text`` (markdown, JSON or HTML) and the ``board`` it
+    shows (tables, duplicates, skipped files)."""
+
+    text: str
+    board: Board
+
+    @property
+    def count(self) -> int:
+        """Entries shown."""
+        return self.board.n_entries
+
+def render_board(board: Board, fmt: str = "md", *, intervals: bool = False) -> str:
+    """``board`` as text in ``fmt``: ``md`` (:func:`~xrbench.leaderboard.render.render_markdown`,
+    ``intervals`` for the intervals view), ``json`` (:func:`render_json`; intervals are
+    always in it) or ``html`` (:func:`~xrbench.leaderboard.html.render_html`, ``intervals``
+    adds each value's interval to its cell)."""
+    if fmt == "md":
+        from .render import render_markdown
+
+        return render_markdown(board, intervals=intervals)
+    if fmt == "json":
+        return render_json(board)
+    if fmt == "html":
+        from .html import render_html
+
+        return render_html(board, intervals=intervals)
+    raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+
+
+def warn_about(board: Board) -> None:
+    """One ``logging`` warning per skipped file (naming it and why) and per duplicate group
+    (naming its files)."""
+    for s in board.skipped:
+        _log.warning("skipped %s: %s", s.path, s.reason)
+    for d in board.duplicates:
+        _log.warning("duplicate rows (%s, %s, seed %s) in %s: %s; both shown, not merged",
+                     d.source, d.defense, d.seed, " / ".join(map(str, d.table)),
+                     "; ".join(d.files))

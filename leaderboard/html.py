@@ -1,0 +1,327 @@
+"""The leaderboard as one self-contained HTML page (``xrbench leaderboard --format html``).
+
+One file, nothing fetched: the style sheet and a small column-sorting script are inline,
+figures are PNG images embedded as ``data:`` URIs, and a Content-Security-Policy allows
+exactly that (no network, images only from ``data:``, only the page's own script, by its
+sha256). Every string that comes from an entry (names, notes, reasons, file paths) is
+escaped with :func:`html.escape`, so a defense called ``<script>alert(1)</script>`` shows as
+text; the CSP would block an injected script even if one got through.
+
+Each table (the same tables, rows, notes and correlations as the markdown,
+:mod:`xrbench.leaderboard.board`) is followed by its correlation answer and a scatter plot
+of an explanation metric against PGD accuracy (:func:`xrbench.plots.scatter_figure`; Expl@end
+where the rows have it). Column headers sort the rows (click again to reverse; missing
+values sort last). Figures can be supplied by the caller instead (:func:`render_html`'s
+``figures``: per table, a list of ``(caption, png_bytes)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import logging
+from typing import Any, Mapping, Sequence
+
+from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
+from .board import VALUE_COLUMNS, Board, Table, row_values
+from .render import (MISSING, NOT_APPLICABLE, _expl, _marks, flags_list, not_applicable,
+                     rps_column, table_notes)
+
+_log = logging.getLogger(__name__)
+
+Figure = tuple[str, bytes]  # (caption, PNG bytes)
+
+#: the stage of each value column (n/a when the entry says the stage did not run)
+_VALUE_STAGE: dict[str, str] = {
+    "clean_acc": "accuracy", "pgd_acc": "accuracy", "expl_start": "manipulation",
+    "expl_end": "manipulation", "loss_fall_2nd_half": "manipulation", "rps_cosine": "rps",
+    "insertion": "insertion", "adv_insertion": "adv_insertion", "retrieval": "retrieval",
+}
+_DIGITS: dict[str, int] = {"clean_acc": 2, "pgd_acc": 2, "loss_fall_2nd_half": 1,
+                           "rps_cosine": 3, "insertion": 2, "adv_insertion": 2, "retrieval": 1}
+
+_STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:84rem;padding:0 1rem;color:#1b1b1b;background:#fff}
+h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin:2.2rem 0 .6rem;
+border-bottom:1px solid #ddd;padding-bottom:.2rem}
+.meta,.notes,figcaption{color:#444;font-size:.9rem}
+table.lb{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:.4rem 0;
+font-size:.92rem}
+table.lb th,table.lb td{border:1px solid #d0d0d0;padding:.25rem .55rem;vertical-align:top}
+table.lb th{background:#f2f4f7;cursor:pointer;user-select:none;white-space:nowrap}
+table.lb th[aria-sort=ascending]::after{content:" \\25B2"}
+table.lb th[aria-sort=descending]::after{content:" \\25BC"}
+table.lb td.num{text-align:right}table.lb tr.reported td{background:#fff8e6}
+table.lb .ci{display:block;color:#666;font-size:.8em}
+.badge{display:inline-block;font-size:.78em;padding:0 .35em;border-radius:.25em;
+background:#e8eefc;color:#1d3d8f}.badge.rep{background:#ffe7b3;color:#6b4500}
+.corr{background:#f7f7f9;border-left:3px solid #8a9bd1;padding:.4rem .8rem;margin:.6rem 0}
+.corr table{border-collapse:collapse}.corr td,.corr th{padding:.1rem .6rem;text-align:left}
+.warn{background:#fff1f0;border-left:3px solid #d9534f;padding:.4rem .8rem}
+figure{margin:.8rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+nav ul{columns:2;font-size:.9rem}.wide{overflow-x:auto}
+"""
+
+# Sorts a table's body by the clicked header's column: numbers by their data-v attribute,
+# text by its content; rows without a value last in both directions.
+_SCRIPT = """
+(function () {
+  function key(td, numeric) {
+    if (!td) { return null; }
+    if (numeric) {
+      var v = td.getAttribute("data-v");
+      return v === null || v === "" ? null : parseFloat(v);
+    }
+    return td.textContent.trim().toLowerCase();
+  }
+  function sortBy(th) {
+    var table = th.closest("table"), body = table.tBodies[0];
+    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var numeric = th.getAttribute("data-type") === "num";
+    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    Array.prototype.forEach.call(th.parentNode.children, function (h) {
+      h.removeAttribute("aria-sort");
+    });
+    th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a.cells[col], numeric), y = key(b.cells[col], numeric);
+      if (x === null && y === null) { return 0; }
+      if (x === null) { return 1; }
+      if (y === null) { return -1; }
+      return (x < y ? -1 : x > y ? 1 : 0) * dir;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  }
+  document.querySelectorAll("table.lb th").forEach(function (th) {
+    th.addEventListener("click", function () { sortBy(th); });
+  });
+})();
+"""
+
+
+def _e(text: Any) -> str:
+    """Any text from an entry, escaped for HTML text and attribute values."""
+    return html.escape(str(text), quote=True)
+
+
+def script_hash() -> str:
+    """The CSP source of the page's one inline script: ``'sha256-<base64>'``."""
+    digest = hashlib.sha256(_SCRIPT.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+def _get(obj: Any, *keys: Any) -> Any:
+    for k in keys:
+        if not isinstance(obj, Mapping) or k not in obj:
+            return None
+        obj = obj[k]
+    return obj
+
+
+def _printed(entry: Mapping[str, Any], key: str, rps_eps: str | None) -> str | None:
+    """A reported value's text as the paper printed it, or None."""
+    path = {"rps_cosine": ("rps", "cosine", rps_eps)}.get(key, (key,))
+    text = _get(entry, "metrics", *path, "as_printed")
+    return text if isinstance(text, str) else None
+
+
+def _display(key: str, scale: float, value: float | None) -> str:
+    if value is None:
+        return MISSING
+    if key in ("expl_start", "expl_end"):
+        return _expl(value)
+    return f"{value * scale:.{_DIGITS[key]}f}"
+
+
+def _cell(entry: Mapping[str, Any], key: str, scale: float, rps_eps: str | None,
+          intervals: bool) -> tuple[str, str]:
+    """(inner HTML, data-v attribute) of one value cell."""
+    if _VALUE_STAGE[key] in not_applicable(entry):
+        return NOT_APPLICABLE, ""
+    v = row_values(entry, rps_eps)[key]
+    value, ci = v["value"], v["ci"]
+    text = _printed(entry, key, rps_eps) or _display(key, scale, value)
+    inner = _e(text)
+    if intervals and ci is not None:
+        lo, hi = (_display(key, scale, c) if key not in ("expl_start", "expl_end")
+                  or abs(c * scale) < 100 else f"{c * scale:.0f}" for c in ci)
+        inner += f'<span class="ci">[{_e(lo)}, {_e(hi)}]</span>'
+    return inner, "" if value is None else repr(value * scale)
+
+
+def _table_html(table: Table, intervals: bool) -> str:
+    marks, _ = _marks(table)
+    measured = [r.entry for r in table.rows if not r.reported]
+    omit_nc = bool(measured) and all(_get(e, "flags", "not_converged") is True
+                                     for e in measured)
+    cols: list[tuple[str, str, str]] = [("defense", "text", "defense"), ("seed", "num", "seed")]
+    if table.has_reported:
+        cols.append(("source", "text", "source"))
+    for key, label, _unit, _scale in VALUE_COLUMNS:
+        cols.append((key, "num", rps_column(table.rps_eps) if key == "rps_cosine" else label))
+    cols.append(("flags", "text", "flags"))
+    scales = {k: s for k, _l, _u, s in VALUE_COLUMNS}
+    body: list[list[tuple[str, str, str]]] = []  # per row: (class, inner, data-v)
+    for i, r in enumerate(table.rows):
+        e = r.entry
+        seed = _get(e, "seed")
+        name = _e(_get(e, "defense", "name"))
+        if i in marks:
+            name += f' <span class="badge">{_e(marks[i])}</span>'
+        cells = [("", name, ""),
+                 ("num", MISSING if seed is None else _e(seed),
+                  "" if not isinstance(seed, int) else str(seed))]
+        if table.has_reported:
+            badge = "badge rep" if r.reported else "badge"
+            cells.append(("", f'<span class="{badge}">{_e(r.source)}</span>', ""))
+        for key, *_rest in VALUE_COLUMNS:
+            inner, v = _cell(e, key, scales[key], table.rps_eps, intervals)
+            cells.append(("num", inner, v))
+        flags = [f for f in flags_list(e) if not (omit_nc and f == "not_converged")]
+        cells.append(("", _e(", ".join(flags)), ""))
+        body.append(cells)
+    keep = list(range(len(cols)))
+    if table.reported_only:  # leave out the columns no reported row fills
+        keep = [j for j in keep if j == 0 or any(row[j][1] not in (MISSING, "")
+                                                 for row in body)]
+    head = "".join(f'<th scope="col" data-type="{cols[j][1]}">{_e(cols[j][2])}</th>'
+                   for j in keep)
+    rows_html = []
+    for r, cells in zip(table.rows, body):
+        tds = "".join(
+            f'<td class="{cells[j][0]}"' + (f' data-v="{_e(cells[j][2])}"' if cells[j][2] else "")
+            + f">{cells[j][1]}</td>" for j in keep)
+        rows_html.append(f'<tr class="{"reported" if r.reported else "measured"}">{tds}</tr>')
+    return (f'<table class="lb"><thead><tr>{head}</tr></thead><tbody>'
+            + "".join(rows_html) + "</tbody></table>")
+
+
+def _correlations_html(table: Table) -> str:
+    parts = []
+    for cs in table.correlations:
+        who = ("measured rows" if cs.rows == "measured" else
+               "reported rows, " + cs.rows.removeprefix("reported: "))
+        if cs.excluded_duplicates:
+            who += f", {cs.excluded_duplicates} duplicated rows left out"
+        if cs.note is not None:
+            parts.append(f"<p>Correlation with PGD accuracy ({_e(who)}): {_e(cs.note)}.</p>")
+            continue
+        if all(c.n < MIN_ROWS for c in cs.items) and len({c.n for c in cs.items}) == 1:
+            n = cs.items[0].n
+            parts.append(f"<p>Correlation with PGD accuracy ({_e(who)}): {n} "
+                         f"row{'s' if n != 1 else ''} with PGD accuracy and a metric, fewer "
+                         f"than {MIN_ROWS}: no correlation printed.</p>")
+            continue
+        lines = "".join(f"<li>{_e(format_correlation(c))}</li>" for c in cs.items)
+        parts.append(f"<p>Correlation with PGD accuracy ({_e(who)}): Spearman's rho and "
+                     f"Kendall's tau-b [95% bootstrap interval; rows resampled, {RESAMPLES} "
+                     f"resamples, seed {SEED}]:</p><ul>{lines}</ul>")
+    return f'<div class="corr">{"".join(parts)}</div>' if parts else ""
+
+
+def _figure_html(caption: str, png: bytes) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def scatter_metric(table: Table) -> tuple[str, str] | None:
+    """(plots metric name, label) of the metric a table's scatter shows: Expl@end where its
+    rows have it, else the first correlated metric they have (measured rows; a table of
+    reported rows only: its rows); None when fewer than two rows have PGD accuracy and the
+    metric."""
+    for cs in table.correlations:
+        if not table.reported_only and cs.rows != "measured":
+            continue
+        items = sorted(cs.items, key=lambda c: c.metric != "expl_end")  # Expl@end first
+        for c in items:
+            if c.n < 2:  # one point is no scatter
+                continue
+            if c.metric == "rps_cosine":
+                return f"rps/cosine/{table.rps_eps}", c.label
+            if c.metric == "retrieval":
+                from .render import middle_eps
+
+                mids = {middle_eps(_get(r.entry, "metrics", "retrieval", "relex_adv_mask"))
+                        for r in table.rows}
+                mids.discard(None)
+                if len(mids) == 1:
+                    return f"retrieval/relex_adv_mask/{mids.pop()}", c.label
+                continue
+            return c.metric, c.label
+    return None
+
+
+def default_figures(board: Board) -> list[list[Figure]]:
+    """Per table, a scatter plot of :func:`scatter_metric` against PGD accuracy
+    (:func:`xrbench.plots.scatter_figure`, with its Spearman interval in the title) of the
+    measured rows (of the reported rows in a table of reported rows only). A table whose
+    rows lack the values, or a figure that cannot be drawn, gets none (logged)."""
+    from xrbench.errors import XRBenchError
+    from xrbench.plots import scatter_figure
+
+    out: list[list[Figure]] = []
+    for t in board.tables:
+        figs: list[Figure] = []
+        chosen = scatter_metric(t)
+        rows = [r.entry for r in t.rows if r.reported == t.reported_only]
+        if chosen is not None and rows:
+            metric, label = chosen
+            who = "reported" if t.reported_only else "measured"
+            try:
+                figs.append((f"{label} against PGD accuracy, {who} rows of {t.title}",
+                             scatter_figure(rows, metric)))
+            except XRBenchError as exc:
+                _log.info("no scatter for %s: %s", t.title, exc)
+        out.append(figs)
+    return out
+
+
+def render_html(board: Board, *, intervals: bool = False,
+                figures: Sequence[Sequence[Figure]] | None = None,
+                title: str = "xrbench leaderboard") -> str:
+    """The page (module docstring). ``figures``: per table (same order as
+    ``board.tables``), the ``(caption, png_bytes)`` figures to embed under it; default
+    :func:`default_figures`. ``intervals``: each value's 95% interval under it."""
+    from xrbench import __version__
+
+    if figures is None:
+        figures = default_figures(board)
+    if len(figures) != len(board.tables):
+        raise ValueError(f"figures: {len(figures)} lists for {len(board.tables)} tables")
+    csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+           f"script-src {script_hash()}; base-uri 'none'; form-action 'none'")
+    inputs = ", ".join(board.inputs) or "entries given in memory"
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f'<meta http-equiv="Content-Security-Policy" content="{_e(csp)}">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
+           f"<h1>{_e(title)}</h1>",
+           f'<p class="meta">{board.n_entries} entries from {_e(inputs)}; reported rows: '
+           f"{_e(board.reported_mode)}; xrbench {_e(__version__)}. One table per dataset, "
+           "model, explainer, profile and protocol version (PROTOCOL 8). Click a column "
+           "header to sort.</p>"]
+    if board.skipped:
+        items = "".join(f"<li>{_e(s.path)}: {_e(s.reason)}</li>" for s in board.skipped)
+        out.append(f'<div class="warn"><p>Skipped files (not valid entries):</p>'
+                   f"<ul>{items}</ul></div>")
+    if board.duplicates:
+        items = "".join(f"<li>{_e(d.number)}: {_e(d.source)} {_e(d.defense)} seed "
+                        f"{_e(d.seed)}: {_e('; '.join(d.files))}</li>"
+                        for d in board.duplicates)
+        out.append(f'<div class="warn"><p>Duplicated rows (the same source, defense and seed '
+                   f"in several files; all shown, none merged):</p><ul>{items}</ul></div>")
+    toc = "".join(f'<li><a href="#t{i}">{_e(t.title)}</a></li>'
+                  for i, t in enumerate(board.tables, 1))
+    out.append(f"<nav><ul>{toc}</ul></nav>")
+    for i, (t, figs) in enumerate(zip(board.tables, figures), 1):
+        notes = "".join(f"<li>{_e(n)}</li>" for n in table_notes(t))
+        out.append(f'<section id="t{i}"><h2>{_e(t.title)}</h2>'
+                   f'<div class="wide">{_table_html(t, intervals)}</div>'
+                   f'<ul class="notes">{notes}</ul>{_correlations_html(t)}'
+                   + "".join(_figure_html(c, png) for c, png in figs) + "</section>")
+    out.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(out) + "\n"
