@@ -17,7 +17,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
     p = sub.add_parser("compare", help="compare two entries metric by metric, paired",
                        description="B - A for every metric of two entries scored on the same "
                                    "subset (same dataset, profile, protocol version, manifest "
-                                   "and seed), with a paired bootstrap 95%% interval over the "
+                                   "and seed), with a paired bootstrap 95% interval over the "
                                    "shared images (victims for pair metrics), read from the "
                                    "entries' per-example files; 'zero in CI' says whether the "
                                    "difference could be noise.")
@@ -29,7 +29,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
         "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
         description="One table per (dataset, model, explainer, profile, protocol version), "
                     "rows sorted by Expl@end; under each, the correlation of PGD accuracy with "
-                    "each explanation metric (Spearman and Kendall, 95%% bootstrap interval "
+                    "each explanation metric (Spearman and Kendall, 95% bootstrap interval "
                     "over the table's rows; a sentence instead below 4 rows). Numbers copied "
                     "from the SEP paper's Table 2 and Joo et al. 2023's Table 1 ship as "
                     "'reported' rows, labelled as such, beside measured rows of the same "
