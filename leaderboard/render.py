@@ -501,6 +501,14 @@ def interval_cell(metric: Any, scale: float, digits: int) -> str:
     return text
 
 
+def _interval_or_printed(metric: Any, scale: float, digits: int) -> str:
+    """:func:`interval_cell`, escaped; a reported number as the paper printed it."""
+    printed = get_field(metric, "as_printed")
+    if isinstance(printed, str) and get_field(metric, "ci") is None:
+        return escape(printed)
+    return escape(interval_cell(metric, scale, digits))
+
+
 def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
     """Per table, :data:`INTERVAL_COLUMNS`: each metric with its 95% bootstrap interval, rows
     in the leaderboard's order (a ``source`` column where reported rows sit beside measured
@@ -523,7 +531,7 @@ def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
             if t.has_reported:
                 row.append(escape(r.source))
             cells.append(row + [NOT_APPLICABLE if COLUMN_STAGE.get(col) in na else
-                                escape(interval_cell(get_field(e, "metrics", *path), scale, d))
+                                _interval_or_printed(get_field(e, "metrics", *path), scale, d)
                                 for col, path, scale, d in INTERVAL_COLUMNS])
         headers = ["defense", "seed", *(["source"] if t.has_reported else []),
                    *(c[0] for c in INTERVAL_COLUMNS)]

@@ -78,6 +78,10 @@ def test_reported_rows_sit_beside_measured_rows_of_the_same_key() -> None:
     # ranks x 1 2 3 4, y 2 4 1 3: 1 - 6 * (1 + 4 + 4 + 1) / 60 = 0)
     end = next(c for c in table.correlations[0].items if c.metric == "expl_end")
     assert end.spearman == pytest.approx(0.0, abs=1e-12)
+    # the intervals view: measured values with their intervals, reported ones as printed
+    iv = render_markdown(board, intervals=True)
+    assert _row(iv, "sep_pos", "reported")[3:7] == ["98.8", "89.4", "93.033", "61.545"]
+    assert _row(iv, "sep_pos")[3:5] == ["99.10 [98.50, 99.60]", "79.00 [78.00, 80.00]"]
 
 
 def test_reported_rows_join_every_protocol_version_and_stand_alone_elsewhere() -> None:
