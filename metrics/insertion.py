@@ -7,7 +7,10 @@ reference's ``x_s * mask`` on normalised tensors gives). The per-image score is 
 the ratios of the softmax probability of the TRUE label, in percent. The ranking map is
 ``max_map(a(x, y))`` for Insertion and ``max_map(a(x_adv, y))`` for Adv-Insertion, where
 ``x_adv`` is the frame-target manipulation of x (:mod:`xrbench.attacks.frame`); the inserted
-pixels always come from the clean x. References: RobustAGA ``project/module/test_insertion.py``,
+pixels always come from the clean x. :func:`insertion_curves` and :func:`adv_insertion_curves`
+give the per-ratio probabilities behind the scores (the stages keep them in the entry's
+per-example file, as ``insertion/curve`` and ``adv_insertion/curve``, (R, N), for the
+figures). References: RobustAGA ``project/module/test_insertion.py``,
 ``test_adv_insertion.py`` (``perturbation``), ``test_taps_saps.py`` (``get_adv_img``).
 
 Choices (the ratios, the budget and the attack's settings are recorded in each entry):
@@ -96,6 +99,27 @@ def insertion_curve(
     return out
 
 
+def insertion_curves(
+    model: nn.Module,
+    explainer: Explain,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    ratios: Sequence[float] = INSERTION_RATIOS,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Per-image Insertion curve, (N, R) in [0, 1]: column j is the softmax probability of
+    the TRUE label y (N,) after inserting the top ``ratios[j]`` share of the pixels of
+    ``max_map(a(x, y))`` into the mean-colour image (RobustAGA ``test_insertion.py``).
+    The Insertion score is ``100 * curves.mean(1)`` (:func:`insertion`)."""
+    device = model_device(model, x.device)
+    with eval_mode(model):
+        h = torch.cat([max_map(explainer(model, x[s:s + batch_size].to(device),
+                                         y[s:s + batch_size].to(device))).detach()
+                       for s in range(0, x.shape[0], batch_size)])
+    return insertion_curve(model, x, y, h, ratios=ratios, batch_size=batch_size)
+
+
 def insertion(
     model: nn.Module,
     explainer: Explain,
@@ -107,13 +131,45 @@ def insertion(
 ) -> torch.Tensor:
     """Per-image Insertion score in percent, (N,): ``100 * mean_r p_y(insert_r(x))`` with the
     ranking map ``max_map(a(x, y))`` for the TRUE label y (N,) (RobustAGA
-    ``test_insertion.py``). Higher is better (a more faithful map)."""
+    ``test_insertion.py``), i.e. the mean of :func:`insertion_curves` over the ratios.
+    Higher is better (a more faithful map)."""
+    return 100 * insertion_curves(model, explainer, x, y, ratios=ratios,
+                                  batch_size=batch_size).mean(1)
+
+
+def adv_insertion_curves(
+    model: nn.Module,
+    explainer: Explain,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    iterations: int = FRAME_ITERATIONS,
+    lr: float | None = None,
+    ratios: Sequence[float] = INSERTION_RATIOS,
+    attack_batch: int = 128,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Per-image Adv-Insertion curve, (N, R) in [0, 1]: :func:`insertion_curve` of the CLEAN
+    pixels of x in the order of ``max_map(a(x_adv, y))``, x_adv the frame-target
+    manipulation of x for the true label y with L-inf budget ``eps`` (pixel units; see
+    :func:`xrbench.attacks.frame.adv_insertion_eps`). RobustAGA ``test_adv_insertion.py``.
+    The Adv-Insertion score is ``100 * curves.mean(1)`` (:func:`adv_insertion`).
+
+    The attack runs ``attack_batch`` images at a time (its objective is a per-image sum, so
+    the result does not depend on the chunking); the map of x_adv is taken on the original
+    model.
+    """
     device = model_device(model, x.device)
+    maps = []
     with eval_mode(model):
-        h = torch.cat([max_map(explainer(model, x[s:s + batch_size].to(device),
-                                         y[s:s + batch_size].to(device))).detach()
-                       for s in range(0, x.shape[0], batch_size)])
-    return 100 * insertion_curve(model, x, y, h, ratios=ratios, batch_size=batch_size).mean(1)
+        for s in range(0, x.shape[0], attack_batch):
+            xc, yc = x[s:s + attack_batch].to(device), y[s:s + attack_batch].to(device)
+            x_adv = frame_manipulation(model, explainer, xc, yc, eps=eps,
+                                       iterations=iterations, lr=lr)
+            maps.append(max_map(explainer(model, x_adv, yc)).detach())
+    h_adv = torch.cat(maps)
+    return insertion_curve(model, x, y, h_adv, ratios=ratios, batch_size=batch_size)
 
 
 def adv_insertion(
@@ -129,23 +185,9 @@ def adv_insertion(
     attack_batch: int = 128,
     batch_size: int = 1024,
 ) -> torch.Tensor:
-    """Per-image Adv-Insertion score in percent, (N,): Insertion of the CLEAN pixels of x in
-    the order of ``max_map(a(x_adv, y))``, x_adv the frame-target manipulation of x for the
-    true label y with L-inf budget ``eps`` (pixel units; see
-    :func:`xrbench.attacks.frame.adv_insertion_eps`). RobustAGA ``test_adv_insertion.py``.
-
-    The attack runs ``attack_batch`` images at a time (its objective is a per-image sum, so
-    the result does not depend on the chunking); the map of x_adv is taken on the original
-    model. Higher is better (the map keeps ranking the evidence despite the manipulation).
-    """
-    device = model_device(model, x.device)
-    maps = []
-    with eval_mode(model):
-        for s in range(0, x.shape[0], attack_batch):
-            xc, yc = x[s:s + attack_batch].to(device), y[s:s + attack_batch].to(device)
-            x_adv = frame_manipulation(model, explainer, xc, yc, eps=eps,
-                                       iterations=iterations, lr=lr)
-            maps.append(max_map(explainer(model, x_adv, yc)).detach())
-    h_adv = torch.cat(maps)
-    return 100 * insertion_curve(model, x, y, h_adv, ratios=ratios,
-                                 batch_size=batch_size).mean(1)
+    """Per-image Adv-Insertion score in percent, (N,): the mean over the ratios of
+    :func:`adv_insertion_curves`, times 100. Higher is better (the map keeps ranking the
+    evidence despite the manipulation)."""
+    return 100 * adv_insertion_curves(model, explainer, x, y, eps=eps, iterations=iterations,
+                                      lr=lr, ratios=ratios, attack_batch=attack_batch,
+                                      batch_size=batch_size).mean(1)
