@@ -99,7 +99,7 @@ def test_interrupted_manipulation_resumes_without_redoing_work(dirs, monkeypatch
         calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1]))
     res = api.evaluate("normal", explainer="gradient", profile=PROFILE, overrides=FAST,
                        out=out, progress=False, cache_root=cache, device="cpu")
-    assert calls["n"] == 2  # chunk 1 came from the cache; chunks 2 and 3 ran
+    assert calls["n"] == 3  # chunk 1 came from the cache; chunks 2 and 3 ran, then the gallery
     assert res.entry["checkpoint"]["origin"] == "cache"  # training was not redone
     assert "accuracy" in res.reused_stages
     assert res.written and read_entry(res.path)["metrics"]["expl_end"]["n"] == 380

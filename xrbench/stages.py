@@ -103,20 +103,29 @@ class RPS(Stage):
 
 # --- 5.4 Insertion and Adv-Insertion -----------------------------------------------------------
 
+def insertion_output(curves: torch.Tensor, ratios: Any) -> dict[str, Any]:
+    """An Insertion stage's output from the per-image curves (N, R) in [0, 1]: ``scores``
+    (N,) in percent, ``100 * mean_r`` (PROTOCOL 5.4; the metric), ``curve`` (R, N), the
+    probability of the true label at each ratio, and ``ratios`` (R,) (for the figures)."""
+    return {"scores": (100 * curves.mean(1)).cpu(), "curve": curves.t().contiguous().cpu(),
+            "ratios": torch.tensor([float(r) for r in ratios], dtype=torch.float64)}
+
+
 class Insertion(Stage):
     """Insertion score of the explainer's ranking of pixels."""
 
     name = "insertion"
-    version = 2  # 2: the reference's 20 ratios (protocol v2)
+    version = 3  # 2: the reference's 20 ratios (protocol v2); 3: keeps the curves
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .metrics import insertion
 
-        return ProtocolCall.bind(insertion.insertion)
+        return ProtocolCall.bind(insertion.insertion_curves)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
-                                         ctx.labels).cpu()}
+        call = self.call(ctx)
+        return insertion_output(call(ctx.model, ctx.explainer, ctx.images, ctx.labels),
+                                call.params()["ratios"])
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("insertion",): Example(out["scores"])}
@@ -130,7 +139,7 @@ class AdvInsertion(Stage):
     """Insertion in the order of the map of a frame-target manipulated image."""
 
     name = "adv_insertion"
-    version = 3  # 3: the reference's 20 ratios (protocol v2)
+    version = 4  # 3: the reference's 20 ratios (protocol v2); 4: keeps the curves
     differentiates = "the Adv-Insertion frame attack (PROTOCOL 5.4)"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
@@ -139,13 +148,14 @@ class AdvInsertion(Stage):
 
         eps = adv_insertion_eps(ctx.model_name)
         iterations = ctx.profile.adv_insertion_iterations
-        return ProtocolCall.bind(insertion.adv_insertion, eps=eps, iterations=iterations,
-                                 lr=frame_lr(eps, iterations))
+        return ProtocolCall.bind(insertion.adv_insertion_curves, eps=eps,
+                                 iterations=iterations, lr=frame_lr(eps, iterations))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
         require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
-        return {"scores": self.call(ctx)(ctx.model, ctx.explainer, ctx.images,
-                                         ctx.labels).cpu()}
+        call = self.call(ctx)
+        return insertion_output(call(ctx.model, ctx.explainer, ctx.images, ctx.labels),
+                                call.params()["ratios"])
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("adv_insertion",): Example(out["scores"])}
@@ -364,7 +374,98 @@ class _ChunkCache:
         self.ctx.cache.save("manipulation-chunk", self._key(chunk), result.per_pair())
 
 
-#: every stage, in the order it runs (the long pair attack last, so that every other number
-#: is cached early)
+# --- the saliency gallery (figures; re-runs the 5.2 attack on a few pairs) -------------------
+
+#: pairs the gallery keeps maps of (PROTOCOL 5.2's attack re-run on them; docs/figures.md)
+GALLERY_PAIRS = 4
+
+
+def gallery_pairs(n_images: int, count: int = GALLERY_PAIRS) -> torch.Tensor:
+    """The gallery's (victim, target) pairs, (count, 2) int64 indices into the subset.
+
+    The subset manifest lists its images cluster by cluster, nearest the centroid first
+    (PROTOCOL 4.3), ``n_images / CLUSTERS`` per cluster. Pair j (j = 0 .. count-1) takes the
+    most central image of cluster j as the victim and the most central image of cluster
+    ``(j + CLUSTERS/2) mod CLUSTERS`` as the target, so victims and targets are distinct,
+    typical images of different clusters, the same for every defense on the same manifest.
+    """
+    from .protocol import CLUSTERS
+
+    if not 1 <= count <= CLUSTERS or n_images < CLUSTERS:
+        raise ValueError(f"{count} gallery pairs need 1 <= count <= {CLUSTERS} and at least "
+                         f"{CLUSTERS} images (got {n_images})")
+    step = n_images // CLUSTERS
+    j = torch.arange(count)
+    return torch.stack([j * step, ((j + CLUSTERS // 2) % CLUSTERS) * step], dim=1)
+
+
+def pair_index(pairs: torch.Tensor, n_images: int) -> torch.Tensor:
+    """Row of each (victim, target) pair (P, 2) in ``ordered_pairs(n_images)`` (victim-major,
+    v != t): ``v * (n - 1) + t - (t > v)``, (P,) int64."""
+    v, t = pairs[:, 0].long(), pairs[:, 1].long()
+    return v * (n_images - 1) + t - (t > v).long()
+
+
+class Gallery(Stage):
+    """Saliency maps of a few manipulated pairs, for the figures (``xrbench plot gallery``).
+
+    Re-runs the manipulation stage's attack (the same function with the same protocol
+    arguments, :meth:`Manipulation.call`) on the :data:`GALLERY_PAIRS` pairs of
+    :func:`gallery_pairs`, and keeps per pair the victim, target and manipulated images and
+    the three sum-normalised maps (PROTOCOL 0). The attack is per-pair deterministic, so its
+    ``expl_end`` equals the manipulation stage's for the same pairs, up to float32
+    reduction order. No metric: the entry records only its parameters and time.
+    """
+
+    name = "gallery"
+    version = 1
+    summary_rank = 90
+    differentiates = "the gallery's re-run of the targeted manipulation attack (PROTOCOL 5.2)"
+
+    def applicable(self, ctx: RunContext) -> str | None:
+        """Exactly where the manipulation is (it re-runs its attack)."""
+        reason = Manipulation().applicable(ctx)
+        if reason is None:
+            return None
+        return super().applicable(ctx) or f"the manipulation is not applicable: {reason}"
+
+    def call(self, ctx: RunContext) -> ProtocolCall:
+        return Manipulation().call(ctx)
+
+    def params(self, ctx: RunContext) -> dict[str, Any]:
+        return {"pairs": GALLERY_PAIRS, "attack": self.call(ctx).params()}
+
+    def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
+        # the manipulation's code version is part of what the gallery computes
+        key = ctx.key(self.name, self.version, params, manipulation=Manipulation.version)
+        return ctx.cached(self.name, key, lambda: self.run(ctx))
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        from .attacks.pgd import eval_mode
+        from .explainers import sum_map
+
+        require_differentiable(ctx.explainer, "explanation manipulation")
+        n = ctx.images.shape[0]
+        pairs = gallery_pairs(n)
+        x_v = ctx.images[pairs[:, 0].to(ctx.images.device)]
+        x_t = ctx.images[pairs[:, 1].to(ctx.images.device)]
+        res = self.call(ctx)(ctx.model, ctx.explainer, x_v, x_t)
+        assert res.x_adv is not None
+        with eval_mode(ctx.model):  # the maps L_e compares, on the original model
+            maps = [sum_map(ctx.explainer(ctx.model, x, c)).detach().float().cpu()
+                    for x, c in ((x_v, res.pred_victim), (x_t, res.pred_target),
+                                 (res.x_adv, res.pred_victim))]
+        return {"pairs": pairs, "pair_index": pair_index(pairs, n),
+                # images in float16 (1/2048 steps: enough for a figure, half the bytes)
+                "x_victim": x_v.detach().half().cpu(), "x_target": x_t.detach().half().cpu(),
+                "x_adv": res.x_adv.half().cpu(),
+                "map_victim": maps[0], "map_target": maps[1], "map_adv": maps[2],
+                "expl_start": res.expl_start.cpu(), "expl_end": res.expl_end.cpu(),
+                "pred_victim": res.pred_victim.cpu(), "pred_target": res.pred_target.cpu(),
+                "pred_adv": res.pred_adv.cpu()}
+
+
+#: every stage, in the order it runs (the long pair attack last but for the gallery's few
+#: pairs, so that every other number is cached early)
 STAGES: tuple[Stage, ...] = (Accuracy(), RPS(), Insertion(), AdvInsertion(), Retrieval(),
-                             Landscape(), Manipulation())
+                             Landscape(), Manipulation(), Gallery())
