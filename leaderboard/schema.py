@@ -235,8 +235,9 @@ def write_entry(path: str | os.PathLike[str], entry: dict[str, Any], *,
             # the same run whose per-example file is missing or damaged: write both again
         elif not overwrite:
             raise XRBenchError(f"{path} already holds a different result entry (other "
-                               "checkpoint, recipe, protocol values or numbers); pass --force "
-                               "(overwrite=True) to replace it, or choose another output folder")
+                               "checkpoint, recipe, protocol values, stages or numbers); pass --replace "
+                               "(overwrite=True) to replace it with this run (--force also "
+                               "recomputes every stage), or choose another output folder")
     if examples is not None:
         side = examples_path(path)
         entry = {**entry, "examples": {"file": side.name, "format": "npz",

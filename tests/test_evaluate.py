@@ -113,6 +113,25 @@ def test_different_run_does_not_overwrite_without_force(first_run, dirs):
     assert read_entry(first_run.path) == first_run.entry
 
 
+def test_replace_swaps_an_older_entry_reusing_every_cached_stage(first_run, dirs, tmp_path):
+    """An entry written by an older xrbench (here: without the gallery stage's parameters) is
+    a different run; ``replace`` writes the new one without recomputing anything cached."""
+    cache, out = dirs
+    old = json.loads(first_run.path.read_text())
+    del old["protocol"]["parameters"]["gallery"]
+    first_run.path.write_text(json.dumps(old))
+    with pytest.raises(XRBenchError, match="--replace"):
+        api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                     cache_root=cache, device="cpu")
+    res = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=out, progress=False,
+                       cache_root=cache, device="cpu", replace=True)
+    assert res.written
+    assert set(res.reused_stages) >= {"accuracy", "manipulation", "gallery", "retrieval"}
+    assert read_entry(res.path)["protocol"]["parameters"]["gallery"] == \
+        first_run.entry["protocol"]["parameters"]["gallery"]
+    assert read_entry(res.path)["metrics"] == first_run.entry["metrics"]
+
+
 def test_user_checkpoint_is_scored_and_recorded(first_run, dirs, tmp_path, digits):
     cache, _ = dirs
     from xrbench.train import get_trained_model

@@ -159,8 +159,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              out: str | os.PathLike[str] | None = None, checkpoint: str | None = None,
              checkpoint_sha256: str | None = None, overrides: dict[str, str] | None = None,
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
-             retrain: bool = False, force: bool = False, progress: bool = True,
-             beta: float = DEFAULT_BETA, cache_root: Path | None = None,
+             retrain: bool = False, force: bool = False, replace: bool = False,
+             progress: bool = True, beta: float = DEFAULT_BETA, cache_root: Path | None = None,
              extractor_weights: str | os.PathLike[str] | None = None) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
     and write its JSON entry to
@@ -169,7 +169,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
 
     ``checkpoint`` scores user-supplied weights (a state dict for ``model``) instead of
     training; its sha256 is checked against ``checkpoint_sha256`` or its sidecar JSON.
-    ``force`` recomputes every stage and replaces an existing entry of a different run.
+    ``force`` recomputes every stage and replaces an existing entry of a different run;
+    ``replace`` only replaces it, reusing cached stages (e.g. an entry written by an older
+    xrbench that lacked a stage: only the new stage computes).
     ``extractor_weights`` builds the subset with torchvision's ImageNet ResNet18 from that
     weights file instead of the trained reference extractor (PROTOCOL 4.1).
     """
@@ -230,7 +232,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
                         explainer_info=explainers.get_entry(explainer).provenance(),
                         not_applicable=ran.not_applicable)
     examples = flatten(ran.outputs)
-    done = _write(entry_path(out_dir, entry), entry, examples, force, cache_root)
+    done = _write(entry_path(out_dir, entry), entry, examples, force or replace, cache_root)
     seconds = {"train": timing["train"], "extractor": timing["extractor"],
                "subset": timing["subset"], **ran.seconds,
                "total": timing["total"]}
