@@ -73,7 +73,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: modules adding commands that read and write entries; each has ``add_commands(sub)``,
 #: which adds its subparsers and returns ``{command: handler}``
-COMMAND_MODULES = ("xrbench.cli_results",)
+COMMAND_MODULES = ("xrbench.cli_results", "xrbench.cli_regress")
 
 
 def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.ArgumentParser:
