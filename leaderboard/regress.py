@@ -728,8 +728,9 @@ def update_baselines(baseline_dir: str | Path, current: Sequence[Side], *,
             if sha256_file(ckpt) != want:
                 raise XRBenchError(f"{ckpt} is not the checkpoint its entry names (sha256 "
                                    f"{str(want)[:12]}...); not copied")
-            if not checkpoint_beside(dest).is_file() or sha256_file(checkpoint_beside(dest)) != want:
-                atomic_write_bytes(checkpoint_beside(dest), ckpt.read_bytes())
+            there = checkpoint_beside(dest)
+            if not there.is_file() or sha256_file(there) != want:
+                atomic_write_bytes(there, ckpt.read_bytes())
                 actions.append(f"copied checkpoint {checkpoint_beside(dest)}")
     if prune and root.is_dir():
         for f in entry_files(root):
@@ -774,7 +775,8 @@ def render(report: Report, show: str = "all") -> str:
         if rows:
             lines.append(tabulate(
                 [(m.metric, m.better or "-", _g(m.baseline), _g(m.current),
-                  "-" if m.baseline is None or m.current is None else f"{m.current - m.baseline:+.3g}",
+                  "-" if m.baseline is None or m.current is None
+                  else f"{m.current - m.baseline:+.3g}",
                   "-" if m.lo is None else f"[{_g(m.lo)}, {_g(m.hi)}]", m.band_from or "-",
                   m.verdict + (" FAIL" if m.failed else ""), m.detail) for m in rows],
                 headers=["metric", "better", "baseline", "current", "change", "allowed",

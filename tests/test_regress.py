@@ -267,7 +267,8 @@ def test_cli_exit_codes_table_and_json(tmp_path, capsys):
     assert "failed: mat-s0: pgd_acc improved" in out
     code = main(["regress", str(SMOKE / "mat-s0.json"), str(cur), "--format", "json"])
     data = json.loads(capsys.readouterr().out)
-    assert code == 1 and data["passed"] is False and data["failures"] == ["mat-s0: pgd_acc improved"]
+    assert code == 1 and data["passed"] is False
+    assert data["failures"] == ["mat-s0: pgd_acc improved"]
     row = next(m for m in data["entries"][0]["metrics"] if m["metric"] == "pgd_acc")
     assert row["current"] == 99.0 and row["verdict"] == "improved"
     code = main(["regress", str(SMOKE / "mat-s0.json"), str(_copy(tmp_path))])
