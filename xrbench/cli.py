@@ -73,7 +73,7 @@ class _Parser(argparse.ArgumentParser):
 
 #: modules adding commands that read and write entries; each has ``add_commands(sub)``,
 #: which adds its subparsers and returns ``{command: handler}``
-COMMAND_MODULES = ("xrbench.cli_results", "xrbench.cli_regress")
+COMMAND_MODULES = ("xrbench.cli_results", "xrbench.cli_plot", "xrbench.cli_regress")
 
 
 def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.ArgumentParser:
@@ -138,6 +138,9 @@ def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.Argumen
                    help="expected sha256 of --checkpoint (else its sidecar JSON, if any)")
     p.add_argument("--force", action="store_true",
                    help="recompute every stage and replace an existing entry")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an existing entry of a different run (say, one written by an "
+                        "older xrbench without a newer stage), reusing the cached stages")
     p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
 
     p = sub.add_parser(
@@ -308,7 +311,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        out=args.out, checkpoint=args.checkpoint,
                        checkpoint_sha256=args.checkpoint_sha256, overrides=overrides,
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
-                       force=args.force, progress=_bars(args),
+                       force=args.force, replace=args.replace, progress=_bars(args),
                        extractor_weights=args.extractor_weights)
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" + (" (cached)" if k in res.reused_stages else "")
