@@ -314,3 +314,11 @@ def test_assert_no_regression_names_the_metric(tmp_path):
     with pytest.raises(AssertionError, match="missing"):  # the six other defenses
         assert_no_regression(BASELINES, good)
     assert_no_regression(BASELINES, bad, only_current=True, metrics={"insertion": "abs:100"})
+
+
+def test_two_baseline_folders_compare_without_their_spread(capsys):
+    # the review of a refresh: old baselines against new ones (here: the same folder)
+    assert main(["regress", str(BASELINES), str(BASELINES), "--show", "failed"]) == 0
+    out = capsys.readouterr().out
+    assert "entries: 7 compared, 0 missing, 0 extra" in out
+    assert "note: 49 entries under spread/" in out

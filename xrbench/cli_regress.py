@@ -40,7 +40,9 @@ def add_commands(sub: Any) -> dict[str, Any]:
     p.add_argument("baseline", metavar="BASELINE",
                    help="baseline entry file or folder (entries under a spread/ folder only "
                         "feed the training band's seed spread)")
-    p.add_argument("current", metavar="CURRENT", help="current entry file or folder")
+    p.add_argument("current", metavar="CURRENT",
+                   help="current entry file or folder (entries under a spread/ folder are not "
+                        "compared: comparing two baseline folders works)")
     p.add_argument("--mode", choices=["scoring", "training"], default="scoring",
                    help="scoring: same checkpoint, changed scoring code (tight band; "
                         "default); training: retrained checkpoint (band from the data)")
@@ -82,7 +84,7 @@ def _cmd_regress(args: argparse.Namespace) -> int:
     settings = rg.Settings(mode=args.mode, rtol=args.rtol, atol=args.atol,
                            metric_tolerances=rg.parse_metric_tolerances(args.metrics), k=args.k,
                            fail_on_improvement=args.fail_on_improvement)
-    current, _ = rg.load_side(args.current)
+    current, ignored = rg.load_side(args.current, split_spread=True)  # e.g. a baseline folder
     base_path = Path(args.baseline)
     if args.update and not (base_path.is_dir() and rg.entry_files(base_path)):
         baseline, spread = [], []  # a first baseline: nothing to compare with yet
@@ -91,14 +93,19 @@ def _cmd_regress(args: argparse.Namespace) -> int:
     if args.spread:
         spread = spread + rg.load_side(args.spread, with_examples=False)[0]
     report = rg.regress(baseline, current, settings, spread)
+    note = (f"note: {len(ignored)} entries under spread/ in {args.current} are seed-spread "
+            "entries: not compared" if ignored else "")
     if args.format == "json":
         out = report.to_dict()
+        out["ignored_spread_entries"] = [str(s.path) for s in ignored]
         if args.update:
             out["updated"] = rg.update_baselines(base_path, current)
         print(json.dumps(out, indent=1))
         return 0 if args.update else int(report.failed)
     if baseline:
         print(rg.render(report, args.show))
+    if note:
+        print(note)
     if args.update:
         for line in rg.update_baselines(base_path, current):
             print(line)

@@ -46,7 +46,7 @@ def assert_no_regression(baseline: str | os.PathLike[str], current: str | os.Pat
     settings = _rg.Settings(mode=mode, rtol=rtol, atol=atol, k=k,
                             metric_tolerances=_rg.parse_metric_tolerances(items),
                             fail_on_improvement=fail_on_improvement)
-    cur, _ = _rg.load_side(current)
+    cur, _ = _rg.load_side(current, split_spread=True)
     base, extra = _rg.load_side(baseline, split_spread=True)
     if spread is not None:
         extra += _rg.load_side(spread, with_examples=False)[0]
