@@ -165,6 +165,10 @@ def rank_correlations(x: Any, y: Any, n_resamples: int = 1000, seed: int = 0,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sp, kt = sps.spearmanr(xa, ya), sps.kendalltau(xa, ya)
+    # a canonical row order, so the interval does not depend on the order rows came in
+    # (a table sorted by Expl@end and a figure in file order get the same numbers)
+    order = np.lexsort((ya, xa))
+    xa, ya = xa[order], ya[order]
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     boots = {"spearman": spearman_rows(xa[idx], ya[idx]),
              "kendall": kendall_tau_b_rows(xa[idx], ya[idx])}

@@ -82,3 +82,11 @@ def test_rank_correlations_monotone_and_degenerate() -> None:
     for bad in (rank_correlations([1.0, 2.0], [2.0, 1.0]),
                 rank_correlations([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0])):
         assert bad["spearman"]["value"] is None and bad["kendall"]["hi"] is None
+
+
+def test_rank_correlations_do_not_depend_on_row_order() -> None:
+    """A table (rows by Expl@end) and a figure (rows by file) must print the same interval."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=9), rng.normal(size=9)
+    perm = rng.permutation(9)
+    assert rank_correlations(x, y, seed=0) == rank_correlations(x[perm], y[perm], seed=0)

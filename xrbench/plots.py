@@ -438,6 +438,9 @@ def draw_scatter(entries: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     else:
         ci = ("" if sp["lo"] is None else f", 95% CI [{sp['lo']:.2f}, {sp['hi']:.2f}]")
         corr = f"Spearman rho = {sp['value']:.2f}{ci} (n = {rc['n']})"
+    ys_arr = np.asarray(ys, dtype=float)
+    if ys_arr.min() > 0 and ys_arr.max() / ys_arr.min() > LOG_RATIO:  # as the landscape
+        ax.set_yscale("log")
     ax.set_xlabel("PGD accuracy (%)")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
