@@ -39,6 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from xrbench.metrics.stats import rank_correlations
+from .fields import get_field as _get
 
 RESAMPLES = 1000  # bootstrap resamples per correlation (PROTOCOL 5.7)
 SEED = 0  # the bootstrap generator's seed
@@ -53,13 +54,6 @@ def _num(x: Any) -> float | None:
         return None
     return float(x) if math.isfinite(x) else None
 
-
-def _get(obj: Any, *keys: Any) -> Any:
-    for k in keys:
-        if not isinstance(obj, Mapping) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
 
 
 def _eps_sort_key(key: str) -> float:

@@ -36,7 +36,8 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from .analysis import (CORRELATED, LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet,
                        rps_eps_for, table_correlations)
-from .schema import Loaded, Skipped, is_reported
+from .schema import Skipped, is_reported
+from .fields import get_field as _get
 
 _log = logging.getLogger(__name__)
 
@@ -50,13 +51,6 @@ DOCUMENT_VERSION = 1  # leaderboard-schema.json's format_version
 #: of reported rows only
 TableKey = tuple[str, str, str, str, Any]
 
-
-def _get(obj: Any, *keys: Any) -> Any:
-    for k in keys:
-        if not isinstance(obj, Mapping) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
 
 
 def table_key(entry: Mapping[str, Any]) -> TableKey:

@@ -27,6 +27,7 @@ from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
 from .board import VALUE_COLUMNS, Board, Table, row_values
 from .render import (MISSING, NOT_APPLICABLE, _expl, _marks, flags_list, not_applicable,
                      rps_column, table_notes)
+from .fields import get_field as _get
 
 _log = logging.getLogger(__name__)
 
@@ -112,13 +113,6 @@ def script_hash() -> str:
     digest = hashlib.sha256(_SCRIPT.encode("utf-8")).digest()
     return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
 
-
-def _get(obj: Any, *keys: Any) -> Any:
-    for k in keys:
-        if not isinstance(obj, Mapping) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
 
 
 def _printed(entry: Mapping[str, Any], key: str, rps_eps: str | None) -> str | None:

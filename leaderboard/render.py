@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from tabulate import tabulate
 
 from .board import Board, Duplicate, Table, build_board  # board imports render lazily
+from .fields import get_field
 
 MISSING = "\u2013"  # en dash
 NOT_APPLICABLE = "n/a"  # a stage that did not run for this explainer (entry.not_applicable)
@@ -61,15 +62,6 @@ COLUMN_STAGE: dict[str, str] = {
 }
 
 GroupKey = tuple[str, str, str, str, Any]
-
-
-def get_field(obj: Any, *keys: Any) -> Any:
-    """``obj[k1][k2]...``, or None where a key is missing or a level is not a mapping."""
-    for k in keys:
-        if not isinstance(obj, Mapping) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
 
 
 def _num(x: Any) -> float | None:

@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import XRBenchError
 from .utils import atomic_write_bytes
+from .leaderboard.fields import get_field as _get
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,13 +70,6 @@ RERUN = ("move the entry (and its .examples.npz) aside, or pass another --out, a
 
 
 # --- helpers --------------------------------------------------------------------------------
-
-def _get(obj: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(obj, Mapping) or k not in obj:
-            return None
-        obj = obj[k]
-    return obj
 
 
 def entry_name(entry: Mapping[str, Any]) -> str:
