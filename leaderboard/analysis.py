@@ -38,7 +38,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from xrbench.metrics.stats import rank_correlations
 from .fields import get_field as _get
 
 RESAMPLES = 1000  # bootstrap resamples per correlation (PROTOCOL 5.7)
@@ -171,6 +170,8 @@ def correlate(entries: Sequence[Mapping[str, Any]], metric: Metric, rps_eps: str
         out.note = (f"{n} row{'s' if n != 1 else ''} with both values: fewer than {MIN_ROWS}, "
                     "no correlation printed")
         return out
+    from xrbench.metrics.stats import rank_correlations  # torch: not for `xrbench --help`
+
     x, y = [p for p, _ in pairs], [v for _, v in pairs]
     rc = rank_correlations(np.asarray(x), np.asarray(y), n_resamples=resamples, seed=seed,
                            alpha=1 - LEVEL)

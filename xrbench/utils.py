@@ -8,9 +8,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: entries and files need no torch
+    import torch
 
 from .errors import XRBenchError
 
@@ -153,6 +154,8 @@ def hash_config(obj: Any, n: int = 12) -> str:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` / ``cuda:N``."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -165,6 +168,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A fresh ``torch.Generator`` seeded with ``seed`` on ``device``."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(int(seed))
     return g
@@ -172,6 +177,8 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 def model_device(model: torch.nn.Module, fallback: torch.device | str = "cpu") -> torch.device:
     """The device of the model's first parameter (``fallback`` for a parameterless model)."""
+    import torch
+
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device(fallback)
 
