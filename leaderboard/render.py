@@ -380,7 +380,8 @@ def _table_duplicates(table: Table) -> list[Duplicate]:
 
 def _not_applicable_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """One note per (stage, reason) that some row of the table reports as not applicable,
-    naming the columns it leaves n/a (plain text)."""
+    naming the columns it leaves n/a (plain text). A stage behind no column (the gallery,
+    which only feeds figures) gets no note: the table shows nothing of it."""
     seen: dict[tuple[str, str], None] = {}
     for e in entries:
         for stage, reason in not_applicable(e).items():
@@ -388,7 +389,9 @@ def _not_applicable_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     notes = []
     for stage, reason in seen:
         cols = [c.split(" (")[0] for c, s in COLUMN_STAGE.items() if s == stage]
-        where = f" (columns {', '.join(cols)})" if cols else ""
+        if not cols:
+            continue
+        where = f" (columns {', '.join(cols)})"
         notes.append(f"{NOT_APPLICABLE} = not applicable: {stage}{where}: {reason}.")
     return notes
 

@@ -352,7 +352,8 @@ def evaluation_only(e: dict[str, Any]) -> dict[str, Any]:
     e["not_applicable"] = {"manipulation": NA_REASON,
                            "adv_insertion": NA_REASON.replace(
                                "targeted manipulation attack (PROTOCOL 5.2)",
-                               "Adv-Insertion frame attack (PROTOCOL 5.4)")}
+                               "Adv-Insertion frame attack (PROTOCOL 5.4)"),
+                           "gallery": NA_REASON}  # the gallery re-runs the manipulation
     return e
 
 
@@ -431,6 +432,7 @@ def test_render_shows_na_with_its_reason_and_marks_non_reference_rows() -> None:
     assert any(n.startswith("n/a = not applicable: adv_insertion (columns Adv-Ins.): ")
                for n in notes)
     assert "\u2020 recipe differs from the reference: epochs=1 (reference 25)." in notes
+    assert not any("gallery" in n for n in notes)  # behind no column: no note
     assert not any(n.startswith("Every row is flagged") for n in notes)
     # two different non-reference recipes in one table: numbered marks, one note each
     other = not_reference(make_entry_v2("normal"), epochs=(3, 25), lr=(0.01, 0.001))
