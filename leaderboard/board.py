@@ -64,12 +64,14 @@ def table_key(entry: Mapping[str, Any]) -> TableKey:
 @dataclass
 class Row:
     """One row: the entry, where it came from (``file``: a display path, or ``(entry N)``
-    for the N-th entry given in memory), and its duplicate group (1-based,
-    :attr:`Board.duplicates`) if any."""
+    for the N-th entry given in memory), its duplicate group (1-based,
+    :attr:`Board.duplicates`) if any, and ``path``, the file itself when it was read from
+    disk (its per-example file, for the figures, lies beside it)."""
 
     entry: Mapping[str, Any]
     file: str | None = None
     duplicate: int | None = None
+    path: Path | None = None
 
     @property
     def reported(self) -> bool:
@@ -258,7 +260,8 @@ def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
     skipped: list[Skipped] = []
     for root, label in roots:
         scan = scan_entries([root])
-        rows += [Row(x.entry, _display(x.path, root, label)) for x in scan.loaded]
+        rows += [Row(x.entry, _display(x.path, root, label), path=x.path)
+                 for x in scan.loaded]
         skipped += [Skipped(Path(_display(x.path, root, label)), x.reason)
                     for x in scan.skipped]
     if mode != "none":

@@ -10,7 +10,8 @@ text; the CSP would block an injected script even if one got through.
 Each table (the same tables, rows, notes and correlations as the markdown,
 :mod:`xrbench.leaderboard.board`) is followed by its correlation answer and a scatter plot
 of an explanation metric against PGD accuracy (:func:`xrbench.plots.scatter_figure`; Expl@end
-where the rows have it). Column headers sort the rows (click again to reverse; missing
+where the rows have it), then the figures drawn from its measured rows' per-example files
+(:data:`SIDECAR_FIGURES`: landscapes, insertion curves, a one-pair gallery). Column headers sort the rows (click again to reverse; missing
 values sort last). Figures can be supplied by the caller instead (:func:`render_html`'s
 ``figures``: per table, a list of ``(caption, png_bytes)``).
 """
@@ -270,8 +271,45 @@ def default_figures(board: Board) -> list[list[Figure]]:
                              scatter_figure(rows, metric)))
             except XRBenchError as exc:
                 _log.info("no scatter for %s: %s", t.title, exc)
+        figs.extend(sidecar_figures(t))
         out.append(figs)
     return out
+
+
+#: the figures drawn from the measured rows' per-example files: (caption, plots function,
+#: keyword arguments); the gallery shows one pair per defense to keep the page light
+SIDECAR_FIGURES = (
+    ("Loss landscapes (PROTOCOL 5.6)", "landscape_figure", {}),
+    ("Insertion and Adv-Insertion curves (PROTOCOL 5.4)", "insertion_figure", {}),
+    ("Saliency gallery, one manipulated pair per defense (PROTOCOL 5.2)", "gallery_figure",
+     {"pairs": 1}),
+)
+
+
+def sidecar_figures(table: Table) -> list[Figure]:
+    """The :data:`SIDECAR_FIGURES` of a table's measured rows read from disk (each row's
+    per-example file beside its entry; duplicates left out). A figure some row lacks the data
+    for (an entry made before the curves or the gallery existed) is left out and logged."""
+    from xrbench import plots
+    from xrbench.errors import XRBenchError
+    from xrbench.leaderboard.examples import read_examples
+
+    rows = [r for r in table.rows if not r.reported and r.path is not None
+            and r.duplicate is None]
+    if not rows:
+        return []
+    try:
+        items = [(r.entry, read_examples(r.path, r.entry)) for r in rows]
+    except XRBenchError as exc:
+        _log.info("no figures from the per-example files of %s: %s", table.title, exc)
+        return []
+    figs: list[Figure] = []
+    for caption, name, kwargs in SIDECAR_FIGURES:
+        try:
+            figs.append((f"{caption}: {table.title}", getattr(plots, name)(items, **kwargs)))
+        except XRBenchError as exc:
+            _log.info("no %s for %s: %s", name, table.title, exc)
+    return figs
 
 
 def render_html(board: Board, *, intervals: bool = False,

@@ -138,3 +138,19 @@ def test_clicking_a_header_sorts_the_rows_in_chromium(tmp_path: Path, page: str)
                     ("measured", "trades"), ("measured", "sep_neg"), ("measured", "mat"),
                     ("reported", "sep_pos"), ("reported", "mat"), ("reported", "sep_neg")]
     assert [n for c, n in rows if c == "measured"] == sorted(pgd, key=pgd.get)
+
+
+def test_published_tables_embed_the_figures_of_their_per_example_files() -> None:
+    """Under the published quick table: its scatter, then the landscapes, the insertion
+    curves and a one-pair gallery, drawn from the entries' per-example files."""
+    from xrbench.leaderboard.board import load_board
+    from xrbench.leaderboard.html import SIDECAR_FIGURES, sidecar_figures
+
+    board = load_board(None, reported_mode="none")
+    quick = next(t for t in board.tables if "profile quick / protocol v2" in t.title)
+    figs = sidecar_figures(quick)
+    assert [c.split(":")[0] for c, _ in figs] == [c for c, _, _ in SIDECAR_FIGURES]
+    assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
+    page = render_html(build_board([r.entry for r in quick.rows], reported_mode="none"),
+                       figures=[figs])
+    assert page.count("<figure>") == 3 and "Saliency gallery" in page
