@@ -3,8 +3,10 @@ session with a plain loop, so that metric tests do not depend on the trainer).""
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 os.environ.setdefault("XRBENCH_OFFLINE", "1")
 # never read or write the user's own cache from the tests
 os.environ["XRBENCH_CACHE"] = tempfile.mkdtemp(prefix="xrbench-test-cache-")
+# ... and leave no cache behind (a session left tens of MB in /tmp before)
+atexit.register(shutil.rmtree, os.environ["XRBENCH_CACHE"], ignore_errors=True)
 
 import xrbench  # noqa: E402,F401
 from xrbench.data import Dataset, load_dataset  # noqa: E402
