@@ -42,28 +42,26 @@ def render_readme() -> str:
     return head + render_markdown(board)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write ``leaderboard/README.md`` (or, with ``--check``, exit 1 when it differs)."""
-    parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 if the file is out of date")
-    args = parser.parse_args(argv)
+def refresh(check: bool = False) -> tuple[int, str]:
+    """Write ``leaderboard/README.md`` when it differs from :func:`render_readme` (with
+    ``check``, write nothing). Returns (exit code, one line saying what happened): 1 when
+    ``check`` finds the file out of date, else 0."""
     text = render_readme()
     current = README.read_text(encoding="utf-8") if README.exists() else None
-    if args.check:
-        if current != text:
-            print(f"{README} is out of date; run: {COMMAND}", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        from xrbench.utils import atomic_write_text
+    if current == text:
+        return 0, f"{README} is up to date"
+    if check:
+        return 1, f"{README} is out of date; run: {COMMAND}"
+    from xrbench.utils import atomic_write_text
 
-        atomic_write_text(README, text)
-        print(f"wrote {README}")
-    else:
-        print(f"{README} is up to date")
-    return 0
+    atomic_write_text(README, text)
+    return 0, f"wrote {README}"
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - the maintainers' command line
+    _parser = argparse.ArgumentParser(prog=COMMAND, description=__doc__.split("\n\n")[0])
+    _parser.add_argument("--check", action="store_true",
+                         help="do not write; exit 1 if the file is out of date")
+    _code, _line = refresh(_parser.parse_args().check)
+    print(_line, file=sys.stderr if _code else sys.stdout)
+    sys.exit(_code)
