@@ -16,10 +16,11 @@ import re
 import shutil
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
+
+from test_plugin_cli import _installed  # the example plugin is installed (README step 2)
 
 yaml = pytest.importorskip("yaml")
 
@@ -30,12 +31,6 @@ DOC = ROOT / "docs" / "ci.md"
 PLUGIN = ROOT / "examples" / "xrbench-example-defense" / "xrbench_example_defense"
 
 
-def _installed() -> bool:
-    try:
-        metadata.distribution("xrbench-example-defense")
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def _blocks(lang: str) -> list[str]:
