@@ -29,15 +29,24 @@ from xrbench.attacks.pgd import eval_mode, pgd
 from xrbench.data import DatasetCard
 from xrbench.explainers import split_model
 from xrbench.inference import frozen_inference_copy
+from xrbench import keyed_random
 from xrbench.utils import rows_per_chunk
 
 log = logging.getLogger(__name__)
 
 Explainer = Callable[..., torch.Tensor]
 
-MAX_BATCH_PIXELS = 2 ** 22  # rows x C x H x W per forward pass (RelEx keeps the graph of
-# all 2 x samples x images rows); bounds memory, never changes a result but the RNG stream
+MAX_BATCH_PIXELS = 2 ** 22  # rows x C x H x W per forward pass of predictions and maps
+#: RelEx's rows x C x H x W per forward pass (2 x samples rows per image, at least one image):
+#: on a CPU, small chunks that stay in cache are fastest (about 500 rows of 8 x 8 digits);
+#: a GPU wants large ones. Memory and speed only: no chunking changes a mask (keyed noise).
+RELEX_BATCH_PIXELS = {"cpu": 2 ** 15, "cuda": 2 ** 22}
 LOG_EPS = 1e-7  # reference Loss.eps, "to defense log(0)"
+
+#: stream tags of the keyed random numbers (:mod:`xrbench.keyed_random`)
+STREAM_RELEX = 1  # a RelEx mask's initial value and its noisy copies
+STREAM_PGD_START = 2  # retrieval's PGD random start
+_INIT, _NOISE = 0, 1  # within a RelEx key: the initial mask, the copies of iteration t
 
 
 @torch.no_grad()
@@ -73,8 +82,8 @@ def relex_mask(
     lambda2: float = 1.0,
     noise_level: float = 0.1,
     init_max: float = 0.01,
-    generator: torch.Generator | None = None,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    keys: torch.Tensor | None = None,
+    max_batch_pixels: int | None = None,
     on_chunk: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """RelEx mask m (N, C, H, W) in [0, 1] for pixel-space images x (N, C, H, W) and classes
@@ -94,45 +103,62 @@ def relex_mask(
       does it (``v = momentum * v + g``, ``m = m - lr * v``; lr 0.1, momentum 0.99), then m is
       clamped to [0, 1].
 
-    Images are independent; they are processed in chunks of images (all copies of a chunk
-    in one forward pass) sized by ``max_batch_pixels``. Noise is drawn per chunk from
-    ``generator``, so masks depend on the chunking only through the random stream. The
-    model runs in eval mode; no gradient is left on its parameters. Returns a detached tensor.
-    The optimisation differentiates :func:`~xrbench.inference.frozen_inference_copy` of the
-    model (BatchNorm folded; the same function to float32 rounding, faster).
+    Random numbers are keyed (:mod:`xrbench.keyed_random`): image i's initial mask and its
+    copies at iteration t are functions of ``keys[i]`` (N,) (32-bit keys, default
+    ``key32(0, STREAM_RELEX, i)``) and t alone. So every image's mask is the same whether it
+    is optimised alone, in any chunk, shard or order (to float rounding of batched
+    convolutions): the optimisation runs every image at once, in chunks of whole images
+    (all 2 x ``samples`` rows of an image in one forward pass) of at most
+    ``max_batch_pixels`` input values (default :data:`RELEX_BATCH_PIXELS` for the device).
+    The model runs in eval mode; no gradient is left on its parameters; it differentiates
+    :func:`~xrbench.inference.frozen_inference_copy` of the model (BatchNorm folded,
+    channels-last on a CPU; the same function to float32 rounding, faster). Returns a
+    detached tensor.
     ``on_chunk(n_images)`` is called after each chunk (progress bars).
     """
-    net, mean, std = split_model(frozen_inference_copy(model))
     x = x.detach()
+    if keys is None:
+        keys = keyed_random.stream_keys(0, STREAM_RELEX, torch.arange(len(x), device=x.device))
     if target is None:
-        target = predict(model, x, max_batch_pixels)
+        target = predict(model, x)
+    if len(keys) != len(x) or len(target) != len(x):
+        raise ValueError(f"relex_mask: {len(x)} images, {len(target)} targets, {len(keys)} keys")
+    if max_batch_pixels is None:
+        max_batch_pixels = RELEX_BATCH_PIXELS.get(x.device.type, RELEX_BATCH_PIXELS["cuda"])
+    frozen = frozen_inference_copy(model, double_backward=False,
+                                   channels_last=x.device.type == "cpu")
+    net, mean, std = split_model(frozen)
     per_chunk = max(1, rows_per_chunk(x, max_batch_pixels) // (2 * samples))
     masks = []
     with eval_mode(model):
         for i in range(0, len(x), per_chunk):
             z = (x[i:i + per_chunk] - mean) / std
-            masks.append(_relex_chunk(net, z, target[i:i + per_chunk], iterations, samples,
-                                      lr, momentum, lambda1, lambda2, noise_level, init_max,
-                                      generator))
+            masks.append(_relex_chunk(net, z, target[i:i + per_chunk], keys[i:i + per_chunk],
+                                      iterations, samples, lr, momentum, lambda1, lambda2,
+                                      noise_level, init_max))
             if on_chunk is not None:
                 on_chunk(len(z))
-    return torch.cat(masks)
+    return torch.cat(masks) if masks else x.new_zeros(x.shape)
 
 
-def _relex_chunk(net: nn.Module, z: torch.Tensor, c: torch.Tensor, iterations: int,
-                 samples: int, lr: float, momentum: float, lambda1: float, lambda2: float,
-                 noise_level: float, init_max: float, generator: torch.Generator | None
-                 ) -> torch.Tensor:
-    """RelEx optimisation for one chunk of normalised images z (n, C, H, W), all at once."""
-    n = z.shape[0]
+def _relex_chunk(net: nn.Module, z: torch.Tensor, c: torch.Tensor, keys: torch.Tensor,
+                 iterations: int, samples: int, lr: float, momentum: float, lambda1: float,
+                 lambda2: float, noise_level: float, init_max: float) -> torch.Tensor:
+    """RelEx optimisation for one chunk of normalised images z (n, C, H, W), all at once;
+    ``keys`` (n,) fix each image's random numbers."""
+    n, shape = z.shape[0], z.shape[1:]
+    numel = shape.numel()
+    keys = keys.to(z.device)
     sigma = noise_level * (z.flatten(1).amax(dim=1) - z.flatten(1).amin(dim=1))  # (n,)
-    m = torch.rand(z.shape, generator=generator, device=z.device, dtype=z.dtype) * init_max
+    init_keys = keyed_random.key32(keys, _INIT)
+    m = keyed_random.uniform(init_keys, numel, dtype=z.dtype).view(z.shape) * init_max
     velocity = torch.zeros_like(m)
     c_rows = c.repeat(2 * samples)  # rows ordered (copy, image), foreground then background
-    for _ in range(iterations):
-        noise = torch.randn((samples, *z.shape), generator=generator, device=z.device,
-                            dtype=z.dtype)
-        z_noisy = z.unsqueeze(0) + sigma.view(1, n, 1, 1, 1) * noise  # (S, n, C, H, W)
+    for t in range(iterations):
+        noise_keys = keyed_random.key32(keys, _NOISE, t)
+        noise = keyed_random.normal(noise_keys, samples * numel, dtype=z.dtype)
+        noise = noise.view(n, samples, *shape).transpose(0, 1)  # (S, n, C, H, W)
+        z_noisy = z.unsqueeze(0) + sigma.view(1, n, 1, 1, 1) * noise
         with torch.enable_grad():
             m.requires_grad_(True)
             fg = m.unsqueeze(0) * z_noisy
@@ -173,6 +199,16 @@ def _explain_chunked(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                           for i in range(0, len(x), rows)])
 
 
+def pgd_start(x: torch.Tensor, eps: float, seed: int, eps_index: int, image_ids: torch.Tensor
+              ) -> torch.Tensor:
+    """Retrieval's PGD random start, uniform in the L-inf eps-ball around x (N, C, H, W),
+    keyed by (seed, eps index, image id) (:mod:`xrbench.keyed_random`): an image's start does
+    not depend on the other images of its batch or shard."""
+    keys = keyed_random.stream_keys(seed, STREAM_PGD_START, image_ids.to(x.device), eps_index)
+    u = keyed_random.uniform(keys, x[0].numel(), dtype=x.dtype).view(x.shape)
+    return x + (2 * u - 1) * eps
+
+
 def retrieval(
     model: nn.Module,
     explainer: Explainer,
@@ -180,7 +216,8 @@ def retrieval(
     *,
     eps_list: Sequence[float] | None = None,
     card: DatasetCard | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
+    image_ids: torch.Tensor | None = None,
     pgd_steps: int = 20,
     relex: dict[str, Any] | None = None,
     max_batch_pixels: int = MAX_BATCH_PIXELS,
@@ -205,48 +242,59 @@ def retrieval(
     Clean-image keys, bool (N,): ``relex_on_clean`` [orig_x * orig_sal] and
     ``explainer_on_clean``. ``rates`` holds the means (list of E floats, or a float).
     ``relex`` overrides :func:`relex_mask` keywords (defaults = the protocol's). Returns also
-    ``eps``, ``pred_clean`` (N,) and ``params``. ``progress`` shows a bar over the RelEx
-    masks (one per image for the clean images and for each eps), most of the cost.
+    ``eps``, ``pred_clean`` (N,) and ``params``.
+
+    The N clean images and the E x N adversarial ones get their RelEx masks in ONE batched
+    optimisation (:func:`relex_mask`, chunked). Every random number (PGD starts, RelEx
+    initial masks and noisy copies) is keyed by ``seed`` and the image's ``image_ids`` (N,)
+    (default ``arange(N)``; its index in the subset), so the hits of an image do not depend
+    on which other images are scored with it: a shard of the subset scored with its ids gives
+    the same hits as the whole subset. ``progress`` shows a bar over the (1 + E) x N masks,
+    most of the cost.
     """
     if eps_list is None:
         if card is None:
             raise ValueError("retrieval needs eps_list or a dataset card")
         eps_list = card.retrieval_eps
-    bar = tqdm(total=len(x) * (1 + len(eps_list)), desc="retrieval (RelEx masks)",
-               unit="mask", disable=not progress)
-    relex_kw = {"generator": generator, "max_batch_pixels": max_batch_pixels,
-                "on_chunk": bar.update, **(relex or {})}
     x = x.detach()
+    n, n_eps = len(x), len(eps_list)
+    ids = (torch.arange(n) if image_ids is None else image_ids.long()).to(x.device)
+    if len(ids) != n:
+        raise ValueError(f"retrieval: {n} images but {len(ids)} image ids")
     c0 = predict(model, x, max_batch_pixels)
 
     def hit(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return predict(model, apply_mask(model, images, mask), max_batch_pixels) == c0
 
-    m_clean = relex_mask(model, x, c0, **relex_kw)
+    x_adv = [pgd(model, x, c0, float(eps), steps=pgd_steps,
+                 x_init=pgd_start(x, float(eps), seed, k, ids))
+             for k, eps in enumerate(eps_list)]
+    # every RelEx mask at once: slot 0 the clean images, slot k + 1 the images of eps k
+    slots = torch.arange(1 + n_eps, device=x.device).repeat_interleave(n)
+    keys = keyed_random.stream_keys(seed, STREAM_RELEX, ids.repeat(1 + n_eps), slots)
+    with tqdm(total=n * (1 + n_eps), desc="retrieval (RelEx masks)", unit="mask",
+              disable=not progress) as bar:
+        masks = relex_mask(model, torch.cat([x, *x_adv]), c0.repeat(1 + n_eps), keys=keys,
+                           on_chunk=bar.update, **(relex or {})).split(n)
+    m_clean = masks[0]
     e_clean = explainer_mask(_explain_chunked(model, explainer, x, c0, max_batch_pixels))
     hits: dict[str, Any] = {"relex_on_clean": hit(x, m_clean),
                             "explainer_on_clean": hit(x, e_clean)}
     per_eps: dict[str, list[torch.Tensor]] = {k: [] for k in (
         "relex_adv_mask", "relex_clean_mask", "explainer_adv_mask", "explainer_clean_mask",
         "no_mask")}
-    for eps in eps_list:
-        x_adv = pgd(model, x, c0, float(eps), steps=pgd_steps, random_start=True,
-                    generator=generator)
-        c_adv = predict(model, x_adv, max_batch_pixels)
-        m_adv = relex_mask(model, x_adv, c0, **relex_kw)
-        e_adv = explainer_mask(_explain_chunked(model, explainer, x_adv, c0,
+    for k, eps in enumerate(eps_list):
+        e_adv = explainer_mask(_explain_chunked(model, explainer, x_adv[k], c0,
                                                 max_batch_pixels))
-        per_eps["relex_adv_mask"].append(hit(x_adv, m_adv))
-        per_eps["relex_clean_mask"].append(hit(x_adv, m_clean))
-        per_eps["explainer_adv_mask"].append(hit(x_adv, e_adv))
-        per_eps["explainer_clean_mask"].append(hit(x_adv, e_clean))
-        per_eps["no_mask"].append(c_adv == c0)
+        per_eps["relex_adv_mask"].append(hit(x_adv[k], masks[k + 1]))
+        per_eps["relex_clean_mask"].append(hit(x_adv[k], m_clean))
+        per_eps["explainer_adv_mask"].append(hit(x_adv[k], e_adv))
+        per_eps["explainer_clean_mask"].append(hit(x_adv[k], e_clean))
+        per_eps["no_mask"].append(predict(model, x_adv[k], max_batch_pixels) == c0)
         log.info("retrieval eps %.4g: relex adv-mask %.3f, clean-mask %.3f, no mask %.3f",
                  eps, per_eps["relex_adv_mask"][-1].float().mean().item(),
                  per_eps["relex_clean_mask"][-1].float().mean().item(),
                  per_eps["no_mask"][-1].float().mean().item())
-    bar.close()
-    n = len(x)
     for k, v in per_eps.items():
         hits[k] = torch.stack(v) if v else torch.zeros(0, n, dtype=torch.bool, device=x.device)
     rates = {k: (v.float().mean(dim=-1).tolist() if v.dim() == 2 else v.float().mean().item())
@@ -267,4 +315,4 @@ def _relex_defaults() -> dict[str, Any]:
     sig = inspect.signature(relex_mask)
     return {k: p.default for k, p in sig.parameters.items()
             if p.kind is p.KEYWORD_ONLY
-            and k not in ("generator", "max_batch_pixels", "on_chunk")}
+            and k not in ("keys", "max_batch_pixels", "on_chunk")}

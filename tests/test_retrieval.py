@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from xrbench.explainers import get_explainer
-from xrbench.metrics.retrieval import (apply_mask, explainer_mask, predict, relex_mask,
-                                       retrieval)
+from xrbench.keyed_random import stream_keys
+from xrbench.metrics.retrieval import (STREAM_RELEX, apply_mask, explainer_mask, predict,
+                                       relex_mask, retrieval)
 from xrbench.models import XRModel
 
 
@@ -41,7 +42,7 @@ def test_relex_mask_concentrates_on_the_region_the_model_reads(digits) -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.rand((6, 1, 8, 8), generator=g)
     x[:, :, :3, :3] = 1.0  # bright region: class 0 with p ~ 1
-    m = relex_mask(model, x, iterations=20, samples=8, generator=g)
+    m = relex_mask(model, x, iterations=20, samples=8)
     assert m.shape == x.shape and m.min() >= 0 and m.max() <= 1
     inside = m[:, :, :3, :3].mean().item()
     outside = (m.sum() - m[:, :, :3, :3].sum()).item() / (m.numel() - 6 * 9)
@@ -49,20 +50,58 @@ def test_relex_mask_concentrates_on_the_region_the_model_reads(digits) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_relex_mask_is_seeded_in_range_and_leaves_the_model_alone(trained_convnet,
-                                                                  test_batch) -> None:
+def test_relex_mask_is_keyed_in_range_and_leaves_the_model_alone(trained_convnet,
+                                                                 test_batch) -> None:
     x = test_batch[0][:8]
     for p in trained_convnet.parameters():
         p.grad = None
     trained_convnet.train()
     kw = dict(iterations=5, samples=4)
-    m1 = relex_mask(trained_convnet, x, generator=torch.Generator().manual_seed(1), **kw)
-    m2 = relex_mask(trained_convnet, x, generator=torch.Generator().manual_seed(1), **kw)
+    keys = stream_keys(1, STREAM_RELEX, torch.arange(8))
+    m1 = relex_mask(trained_convnet, x, keys=keys, **kw)
+    m2 = relex_mask(trained_convnet, x, keys=keys, **kw)
     assert trained_convnet.training  # mode restored
     trained_convnet.eval()
     assert torch.equal(m1, m2) and m1.shape == x.shape
     assert m1.min() >= 0 and m1.max() <= 1
     assert all(p.grad is None for p in trained_convnet.parameters())
+    other = relex_mask(trained_convnet, x, keys=stream_keys(2, STREAM_RELEX, torch.arange(8)),
+                       **kw)
+    assert (other - m1).abs().max() > 1e-3  # another seed draws other noise
+
+
+def test_relex_mask_per_image_equals_one_image_at_a_time(trained_convnet, test_batch) -> None:
+    """Issue 10: the batched optimisation (every image at once, chunked) gives each image
+    the mask it gets alone: its noise is keyed by its own key, never by its batch."""
+    x = test_batch[0][:6]
+    c = predict(trained_convnet, x)
+    keys = stream_keys(7, STREAM_RELEX, torch.arange(6))
+    kw = dict(iterations=8, samples=5)
+    together = relex_mask(trained_convnet, x, c, keys=keys, **kw)
+    chunked = relex_mask(trained_convnet, x, c, keys=keys, max_batch_pixels=2 * 5 * 64 * 2,
+                         **kw)  # chunks of two images
+    alone = torch.cat([relex_mask(trained_convnet, x[i:i + 1], c[i:i + 1],
+                                  keys=keys[i:i + 1], **kw) for i in range(6)])
+    assert (together - alone).abs().max() < 1e-4
+    assert (together - chunked).abs().max() < 1e-4
+    # reversed order, reversed keys: the same masks, reversed
+    rev = relex_mask(trained_convnet, x.flip(0), c.flip(0), keys=keys.flip(0), **kw)
+    assert (rev.flip(0) - together).abs().max() < 1e-4
+
+
+def test_relex_frozen_copy_has_the_models_gradient(trained_convnet, test_batch) -> None:
+    """The copy RelEx differentiates (BatchNorm folded, channels-last) is the model: logits
+    and the gradient of a class log-probability in x agree to float32 rounding."""
+    from xrbench.inference import frozen_inference_copy
+
+    x = test_batch[0][:16].clone().requires_grad_(True)
+    copy = frozen_inference_copy(trained_convnet, double_backward=False, channels_last=True)
+    grads = []
+    for net in (trained_convnet.eval(), copy):
+        logp = torch.log_softmax(net(x), dim=1)[:, 3].sum()
+        grads.append(torch.autograd.grad(logp, x)[0])
+    assert torch.allclose(copy(x), trained_convnet(x), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
 def test_apply_mask_blends_toward_the_dataset_mean(trained_convnet, test_batch) -> None:
@@ -86,8 +125,7 @@ def test_explainer_mask_scales_by_the_99th_percentile() -> None:
 def test_retrieval_recovers_clean_predictions(trained_convnet, test_batch, digits) -> None:
     x = test_batch[0][:16]
     out = retrieval(trained_convnet, get_explainer("grad_x_input"), x,
-                    eps_list=[0.0, 0.2], card=digits.card,
-                    generator=torch.Generator().manual_seed(0),
+                    eps_list=[0.0, 0.2], card=digits.card, seed=0,
                     relex=dict(iterations=15, samples=8))
     hits, rates = out["hits"], out["rates"]
     assert torch.equal(out["pred_clean"], predict(trained_convnet, x))
@@ -131,10 +169,32 @@ def test_every_mask_explains_the_clean_prediction(trained_convnet, test_batch, d
 
     monkeypatch.setattr(r, "relex_mask", spy_relex)
     out = retrieval(trained_convnet, spy_explainer, x, eps_list=[0.3], card=digits.card,
-                    generator=torch.Generator().manual_seed(0),
-                    relex=dict(iterations=2, samples=2))
+                    seed=0, relex=dict(iterations=2, samples=2))
     assert out["rates"]["no_mask"][0] < 0.5  # PGD changed most predictions...
-    assert len(relex_classes) == 2 and len(explained) >= 2
-    for c in relex_classes + [torch.cat(explained[: len(explained) // 2]),
+    # one batched RelEx optimisation: the clean images, then the eps's adversarial ones
+    assert len(relex_classes) == 1 and len(explained) >= 2
+    for c in list(relex_classes[0].split(len(x))) + [torch.cat(explained[: len(explained) // 2]),
                               torch.cat(explained[len(explained) // 2:])]:
         assert torch.equal(c, c0)  # ...yet every mask explains the clean class
+
+
+def test_retrieval_of_a_shard_equals_the_whole_subset(trained_convnet, test_batch,
+                                                      digits) -> None:
+    """Issue 10's shards: scoring images 0-6 and 7-11 separately, each with its subset
+    indices, gives the hits of scoring all twelve at once (PGD starts and RelEx noise are
+    keyed by (seed, image id)); another seed gives other random numbers."""
+    x = test_batch[0][:12]
+    kw = dict(eps_list=[0.1, 0.3], card=digits.card, seed=11,
+              relex=dict(iterations=6, samples=4))
+    ex = get_explainer("grad_x_input")
+    whole = retrieval(trained_convnet, ex, x, **kw)
+    parts = [retrieval(trained_convnet, ex, x[a:b], image_ids=torch.arange(a, b), **kw)
+             for a, b in ((0, 7), (7, 12))]
+    for key, v in whole["hits"].items():
+        assert torch.equal(v, torch.cat([p["hits"][key] for p in parts], dim=-1)), key
+    from xrbench.metrics.retrieval import pgd_start
+
+    s1 = pgd_start(x, 0.1, 11, 0, torch.arange(12))
+    assert torch.equal(s1[7:], pgd_start(x[7:], 0.1, 11, 0, torch.arange(7, 12)))
+    assert (s1 - x).abs().max() <= 0.1 + 1e-6
+    assert not torch.equal(s1, pgd_start(x, 0.1, 12, 0, torch.arange(12)))

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from .runtime import ProtocolCall, RunContext, require_differentiable
+from .runtime import ProtocolCall, RunContext, require_differentiable, stage_seed
 from .stage import Example, Row, Stage, Summary, eps_key, metric_tree, per_eps_rows
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,8 @@ class Retrieval(Stage):
     """Class retrieval through RelEx masks and the explainer's own masks."""
 
     name = "retrieval"
-    version = 3  # 3: masks of x_adv explain the clean prediction (protocol v2)
+    version = 4  # 3: masks of x_adv explain the clean prediction (protocol v2); 4: keyed
+    # random numbers per image (batched RelEx, shards), so other PGD starts and RelEx noise
 
     def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
         from .metrics import retrieval
@@ -206,7 +207,7 @@ class Retrieval(Stage):
     def run(self, ctx: RunContext) -> dict[str, Any]:
         call, _ = self.calls(ctx)
         out = call(ctx.model, ctx.explainer, ctx.images, card=ctx.card,
-                   generator=ctx.generator(self.name), progress=ctx.progress)
+                   seed=stage_seed(ctx.seed, self.name), progress=ctx.progress)
         return {"eps": [float(e) for e in out["eps"]],
                 "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
 
