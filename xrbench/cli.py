@@ -73,7 +73,8 @@ class _Parser(argparse.ArgumentParser):
 
 #: modules adding commands that read and write entries; each has ``add_commands(sub)``,
 #: which adds its subparsers and returns ``{command: handler}``
-COMMAND_MODULES = ("xrbench.cli_results", "xrbench.cli_plot", "xrbench.cli_regress")
+COMMAND_MODULES = ("xrbench.cli_results", "xrbench.cli_plot", "xrbench.cli_regress",
+                   "xrbench.cli_sweep")
 
 
 def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.ArgumentParser:
