@@ -300,6 +300,7 @@ def manipulate_pairs(
     pair_batch: int = 512,
     progress: bool = False,
     chunk_store: ChunkStore | None = None,
+    first_chunk: int = 0,
     keep_x_adv: bool = True,
     **attack: Any,
 ) -> ManipulationResult:
@@ -311,6 +312,8 @@ def manipulate_pairs(
     Because the objective is a per-pair sum, the result does not depend on ``pair_batch``.
     ``chunk_store`` (a :class:`ChunkStore`) is asked for each chunk before it is computed and
     is given each computed chunk, so an interrupted run resumes at the first missing chunk.
+    ``first_chunk``: the index the store knows the first chunk by (a shard of a longer list
+    of pairs starting at chunk ``first_chunk``, :mod:`xrbench.sharding`).
     ``keep_x_adv=False`` drops the manipulated images (memory flat in the number of pairs).
     """
     param = next(model.parameters(), None)
@@ -320,7 +323,7 @@ def manipulate_pairs(
     bar = tqdm(total=len(pairs), unit="pair", desc="manipulation", disable=not progress,
                dynamic_ncols=True)
     try:
-        for k, start in enumerate(range(0, len(pairs), pair_batch)):
+        for k, start in enumerate(range(0, len(pairs), pair_batch), start=first_chunk):
             idx = pairs[start:start + pair_batch]
             res = chunk_store.load(k, idx) if chunk_store is not None else None
             if res is None:

@@ -161,7 +161,9 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
              retrain: bool = False, force: bool = False, replace: bool = False,
              progress: bool = True, beta: float = DEFAULT_BETA, cache_root: Path | None = None,
-             extractor_weights: str | os.PathLike[str] | None = None) -> Result:
+             extractor_weights: str | os.PathLike[str] | None = None,
+             shards: int | None = None, executor: "str | Any" = "local",
+             ray_address: str | None = None) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
     and write its JSON entry to
     ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, with its
@@ -174,6 +176,11 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     xrbench that lacked a stage: only the new stage computes).
     ``extractor_weights`` builds the subset with torchvision's ImageNet ResNet18 from that
     weights file instead of the trained reference extractor (PROTOCOL 4.1).
+    ``shards`` splits the manipulation, retrieval, Insertion and Adv-Insertion stages into
+    that many deterministic shards run on ``executor`` (``"local"``: in sequence here;
+    ``"ray"``: as Ray tasks on a local cluster or the one at ``ray_address``; or an
+    :class:`~xrbench.executors.Executor`), merged into the entry an unsharded run writes
+    (:mod:`xrbench.sharding`). Default: 1 locally, one shard per CPU of the Ray cluster.
     """
     from .entry import build_entry
     from .explainers import get_explainer
@@ -186,8 +193,15 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .stages import STAGES
     from .subset import ExtractorSpec, get_manifest
 
+    from .executors import Executor, get_executor
+
     prof = profile if isinstance(profile, Profile) else get_profile(profile)
     check_seed(seed)
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)
+                               or shards < 1):
+        raise XRBenchError(f"--shards must be an integer >= 1, got {shards!r}")
+    own_executor = not isinstance(executor, Executor)
+    runner = get_executor(executor, ray_address) if own_executor else executor
     out_dir = Path(out).expanduser() if out is not None else default_results_dir()
     check_output_folder(out_dir)  # before hours of work, not after
     defenses.get(defense)
@@ -220,8 +234,15 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         progress=progress, cache=StageCache(cache_root, force=force), timing=timing,
         base_key={"protocol": PROTOCOL_VERSION, "checkpoint": ckpt_info["sha256"],
                   "manifest": manifest["sha256"], "explainer": expl.describe(),
-                  "seed": seed, "model": model, "device": dev.type})
-    ran = run_stages(ctx, STAGES)
+                  "seed": seed, "model": model, "device": dev.type},
+        shards=shards or 1, executor=runner)
+    try:
+        if shards is None:
+            ctx.shards = runner.parallelism()
+        ran = run_stages(ctx, STAGES)
+    finally:
+        if own_executor:
+            runner.close()
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
 
     model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,

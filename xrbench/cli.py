@@ -63,6 +63,17 @@ def _add_common(p: argparse.ArgumentParser, *, defense_default: str | None = "no
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_executor(p: argparse.ArgumentParser) -> None:
+    """--executor and --ray-address (evaluate's shards; sweep's cells)."""
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where independent tasks run: local (default; in this process, one "
+                        "after another) or ray (Ray tasks; needs pip install \"xrbench[ray]\")")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: a running Ray cluster (e.g. ray://host:10001 or "
+                        "auto); default: start a local cluster with this machine's CPUs and "
+                        "GPUs")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (and exit 2), like every other
     error of the command line; ``--help`` shows the usage."""
@@ -143,6 +154,12 @@ def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.Argumen
                    help="replace an existing entry of a different run (say, one written by an "
                         "older xrbench without a newer stage), reusing the cached stages")
     p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
+    _add_executor(p)
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="split the manipulation (pairs), RelEx retrieval, Insertion and "
+                        "Adv-Insertion (images) into N deterministic shards run on the "
+                        "executor; the merged entry equals an unsharded run's (default: 1 with "
+                        "--executor local, one per CPU of the Ray cluster with ray)")
 
     p = sub.add_parser(
         "calibrate", help="choose SEP's lambda for a dataset the paper did not use",
@@ -313,7 +330,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        checkpoint_sha256=args.checkpoint_sha256, overrides=overrides,
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
                        force=args.force, replace=args.replace, progress=_bars(args),
-                       extractor_weights=args.extractor_weights)
+                       extractor_weights=args.extractor_weights, shards=args.shards,
+                       executor=args.executor, ray_address=args.ray_address)
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" + (" (cached)" if k in res.reused_stages else "")
                        for k, v in res.seconds.items())

@@ -81,6 +81,10 @@ class Executor:
     def describe(self) -> str:
         return self.name
 
+    def parallelism(self) -> int:
+        """How many tasks can run at once (the default number of shards)."""
+        return 1
+
     def map(self, fn: Callable[[T], R], items: Sequence[T], *, catch: bool = False,
             gpus_per_task: float = 0.0, cpus_per_task: float = 1.0,
             on_done: Callable[[Outcome[R]], None] | None = None) -> list[Outcome[R]]:
@@ -166,6 +170,11 @@ class RayExecutor(Executor):
             where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
             raise XRBenchError(f"could not start or reach {where}: {_one_line(exc)}") from None
         log.info("Ray: %s", ray.cluster_resources())
+
+    def parallelism(self) -> int:
+        """The CPUs of the Ray cluster (starting the local one if needed)."""
+        self._ensure()
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
     def close(self) -> None:
         if self._started and self.ray.is_initialized():

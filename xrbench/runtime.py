@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 #: or are the run's inputs passed at call time (indices, dataset card)
 RUNTIME_ARGUMENTS = frozenset({
     "generator", "progress", "batch_size", "attack_batch", "max_batch_pixels", "pair_batch",
-    "on_chunk", "on_chunk_done", "chunk_store", "keep_x_adv", "indices", "seed", "card"})
+    "on_chunk", "on_chunk_done", "chunk_store", "keep_x_adv", "indices", "seed", "card",
+    "image_ids", "keys", "first_chunk"})
 
 
 def _jsonable(value: Any) -> Any:
@@ -148,7 +149,7 @@ def stage_seed(seed: int, stage: str) -> int:
 @dataclass
 class RunContext:
     """What every stage reads: the model and explainer under test, the subset, the profile,
-    the device, the entry's seed, and the cache."""
+    the device, the entry's seed, the cache, and how to shard the long stages."""
 
     model: torch.nn.Module  # eval mode, on ``device``
     model_name: str
@@ -164,6 +165,10 @@ class RunContext:
     cache: StageCache
     timing: dict[str, float] = field(default_factory=dict)
     reused_stages: list[str] = field(default_factory=list)
+    #: shards of each shardable stage (:mod:`xrbench.sharding`; 1 = run whole) and the
+    #: executor they run on (:mod:`xrbench.executors`; None = in sequence, here)
+    shards: int = 1
+    executor: Any = None
 
     @property
     def card(self) -> Any:

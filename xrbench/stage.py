@@ -13,6 +13,10 @@ A stage is a small object:
 - ``summarize(ctx, out)``: its part of the entry, metric objects with bootstrap intervals and
   flags;
 - ``rows(metrics)``: how the command line prints its metrics;
+- shardable stages (``shard_unit`` "images" or "pairs") also have ``run_shard(ctx, lo, hi)``,
+  the output over items lo .. hi - 1 (each item's result independent of the others), and
+  ``merge(ctx, parts)``, which concatenates shard outputs in item order into exactly what
+  ``run`` gives (:mod:`xrbench.sharding`; ``evaluate --shards N``);
 - ``applicable(ctx)``: None when the stage can run with this run's model and explainer, else
   the reason it cannot (by default: a stage that differentiates through the explainer's map,
   ``differentiates``, is not applicable to an evaluation-only explainer such as captum's
@@ -91,6 +95,8 @@ class Stage:
     #: what the stage differentiates through the explainer's map (``create_graph``), in a
     #: few words ("the Adv-Insertion frame attack"); "" when it only evaluates maps
     differentiates: ClassVar[str] = ""
+    #: what a shard of the stage covers ("images", "pairs"); "" = the stage runs whole
+    shard_unit: ClassVar[str] = ""
 
     def applicable(self, ctx: RunContext) -> str | None:
         """None when the stage can run in ``ctx``; else the reason it cannot, one sentence for
@@ -130,6 +136,32 @@ class Stage:
         """``run(ctx)``, or its cached output for the same inputs and parameters."""
         return ctx.cached(self.name, ctx.key(self.name, self.version, params),
                           lambda: self.run(ctx))
+
+    # --- sharding (only for stages with a shard_unit) ---------------------------------------
+
+    def shard_items(self, ctx: RunContext) -> int:
+        """How many items the stage's shards divide (by default the subset's images)."""
+        return int(ctx.images.shape[0])
+
+    def shard_align(self, ctx: RunContext) -> int:
+        """Shard edges fall on multiples of this many items (the manipulation's chunks)."""
+        return 1
+
+    def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
+        """The stage's output over items ``lo .. hi - 1`` (what :meth:`merge` takes)."""
+        raise NotImplementedError(f"stage {self.name!r} cannot be sharded")
+
+    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """Shard outputs, in item order, into the output :meth:`run` gives."""
+        raise NotImplementedError(f"stage {self.name!r} cannot be sharded")
+
+    def execute_sharded(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
+        """Like :meth:`execute`, the output computed in ``ctx.shards`` shards when it is not
+        cached (:func:`xrbench.sharding.run_sharded`); cached under the same key."""
+        from .sharding import run_sharded
+
+        return ctx.cached(self.name, ctx.key(self.name, self.version, params),
+                          lambda: run_sharded(ctx, self, params))
 
 
 def eps_key(eps: float, decimal: bool) -> str:
@@ -173,7 +205,10 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage]) -> Outcome:
             continue
         done.params[stage.name] = stage.params(ctx)
         t0 = time.perf_counter()
-        done.outputs[stage.name] = stage.execute(ctx, done.params[stage.name])
+        if ctx.shards > 1 and stage.shard_unit:
+            done.outputs[stage.name] = stage.execute_sharded(ctx, done.params[stage.name])
+        else:
+            done.outputs[stage.name] = stage.execute(ctx, done.params[stage.name])
         done.seconds[stage.name] = round(time.perf_counter() - t0, 3)
         if stage.name in ctx.reused_stages:
             log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,

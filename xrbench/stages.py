@@ -103,6 +103,13 @@ class RPS(Stage):
 
 # --- 5.4 Insertion and Adv-Insertion -----------------------------------------------------------
 
+def merge_insertion(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Insertion outputs of consecutive shards of images, as one output."""
+    return {"scores": torch.cat([p["scores"] for p in parts]),
+            "curve": torch.cat([p["curve"] for p in parts], dim=1),
+            "ratios": parts[0]["ratios"]}
+
+
 def insertion_output(curves: torch.Tensor, ratios: Any) -> dict[str, Any]:
     """An Insertion stage's output from the per-image curves (N, R) in [0, 1]: ``scores``
     (N,) in percent, ``100 * mean_r`` (PROTOCOL 5.4; the metric), ``curve`` (R, N), the
@@ -116,6 +123,7 @@ class Insertion(Stage):
 
     name = "insertion"
     version = 3  # 2: the reference's 20 ratios (protocol v2); 3: keeps the curves
+    shard_unit = "images"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .metrics import insertion
@@ -123,9 +131,15 @@ class Insertion(Stage):
         return ProtocolCall.bind(insertion.insertion_curves)
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        return self.run_shard(ctx, 0, ctx.images.shape[0])
+
+    def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
         call = self.call(ctx)
-        return insertion_output(call(ctx.model, ctx.explainer, ctx.images, ctx.labels),
-                                call.params()["ratios"])
+        return insertion_output(call(ctx.model, ctx.explainer, ctx.images[lo:hi],
+                                     ctx.labels[lo:hi]), call.params()["ratios"])
+
+    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_insertion(parts)
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("insertion",): Example(out["scores"])}
@@ -141,6 +155,7 @@ class AdvInsertion(Stage):
     name = "adv_insertion"
     version = 4  # 3: the reference's 20 ratios (protocol v2); 4: keeps the curves
     differentiates = "the Adv-Insertion frame attack (PROTOCOL 5.4)"
+    shard_unit = "images"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .attacks.frame import adv_insertion_eps, frame_lr
@@ -152,10 +167,16 @@ class AdvInsertion(Stage):
                                  iterations=iterations, lr=frame_lr(eps, iterations))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        return self.run_shard(ctx, 0, ctx.images.shape[0])
+
+    def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
         require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
         call = self.call(ctx)
-        return insertion_output(call(ctx.model, ctx.explainer, ctx.images, ctx.labels),
-                                call.params()["ratios"])
+        return insertion_output(call(ctx.model, ctx.explainer, ctx.images[lo:hi],
+                                     ctx.labels[lo:hi]), call.params()["ratios"])
+
+    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return merge_insertion(parts)
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("adv_insertion",): Example(out["scores"])}
@@ -182,6 +203,7 @@ class Retrieval(Stage):
     """Class retrieval through RelEx masks and the explainer's own masks."""
 
     name = "retrieval"
+    shard_unit = "images"
     version = 4  # 3: masks of x_adv explain the clean prediction (protocol v2); 4: keyed
     # random numbers per image (batched RelEx, shards), so other PGD starts and RelEx noise
 
@@ -205,11 +227,22 @@ class Retrieval(Stage):
         return p
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
+        return self.run_shard(ctx, 0, ctx.images.shape[0])
+
+    def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
+        # random numbers keyed by (stage seed, subset index): a shard's hits are the
+        # whole run's hits of its images
         call, _ = self.calls(ctx)
-        out = call(ctx.model, ctx.explainer, ctx.images, card=ctx.card,
-                   seed=stage_seed(ctx.seed, self.name), progress=ctx.progress)
+        out = call(ctx.model, ctx.explainer, ctx.images[lo:hi], card=ctx.card,
+                   seed=stage_seed(ctx.seed, self.name), image_ids=torch.arange(lo, hi),
+                   progress=ctx.progress)
         return {"eps": [float(e) for e in out["eps"]],
                 "hits": {k: out["hits"][k].cpu() for k in RETRIEVAL_KINDS}}
+
+    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"eps": parts[0]["eps"],
+                "hits": {k: torch.cat([p["hits"][k] for p in parts], dim=-1)
+                         for k in RETRIEVAL_KINDS}}
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("retrieval", kind, eps_key(float(e), grey)):
@@ -289,6 +322,7 @@ class Manipulation(Stage):
     summary_rank = 10
     differentiates = "the targeted manipulation attack (PROTOCOL 5.2)"
     chunk_version: ClassVar[int] = 1
+    shard_unit = "pairs"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
         from .attacks import manipulation
@@ -302,16 +336,39 @@ class Manipulation(Stage):
                           lambda: self.run(ctx, params))
 
     def run(self, ctx: RunContext, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.run_shard(ctx, 0, self.shard_items(ctx), params)
+
+    def shard_items(self, ctx: RunContext) -> int:
+        n = int(ctx.images.shape[0])
+        return n * (n - 1)
+
+    def shard_align(self, ctx: RunContext) -> int:
+        return ctx.profile.pair_batch  # shards of whole chunks: the unsharded run's chunks
+
+    def run_shard(self, ctx: RunContext, lo: int, hi: int,
+                  params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Pairs ``lo .. hi - 1`` of ``ordered_pairs``; ``lo`` a multiple of ``pair_batch``
+        (their chunks are the unsharded run's, found in and kept in its chunk cache)."""
         from .attacks.manipulation import manipulate_pairs, ordered_pairs
 
         require_differentiable(ctx.explainer, "explanation manipulation")
         params = self.params(ctx) if params is None else params
+        size = ctx.profile.pair_batch
+        if lo % size:
+            raise ValueError(f"manipulation shard starts at pair {lo}, not a chunk boundary")
         pairs = ordered_pairs(ctx.images.shape[0])
-        store = _ChunkCache(ctx, params, ctx.profile.pair_batch, len(pairs))
-        res = manipulate_pairs(ctx.model, ctx.explainer, ctx.images, pairs,
-                               pair_batch=ctx.profile.pair_batch, progress=ctx.progress,
-                               chunk_store=store, keep_x_adv=False, **self.call(ctx).kwargs)
+        store = _ChunkCache(ctx, params, size, len(pairs))
+        res = manipulate_pairs(ctx.model, ctx.explainer, ctx.images, pairs[lo:hi],
+                               pair_batch=size, progress=ctx.progress, chunk_store=store,
+                               first_chunk=lo // size, keep_x_adv=False,
+                               **self.call(ctx).kwargs)
         return res.per_pair()
+
+    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        from .attacks.manipulation import ManipulationResult
+
+        return ManipulationResult.cat([ManipulationResult.from_per_pair(p)
+                                       for p in parts]).per_pair()
 
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
         from .metrics.manipulation import CONVERGENCE_TOLERANCE, mean_loss_at, second_half_fall
