@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+from conftest import require_ray
 
 from xrbench import api
 from xrbench.errors import XRBenchError
@@ -51,7 +52,7 @@ PROFILE = with_overrides(get_profile("smoke"), pair_batch=64)
 
 @pytest.mark.slow
 def test_sharded_on_a_local_ray_cluster_equals_unsharded(fixed_checkpoint, tmp_path) -> None:
-    pytest.importorskip("ray")
+    require_ray()
     common = dict(profile=PROFILE, checkpoint=str(fixed_checkpoint), progress=False,
                   device="cpu")
     whole = api.evaluate("normal", out=tmp_path / "whole", cache_root=tmp_path / "c1",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require_ray
 
 from xrbench import api
 from xrbench.cli import main
@@ -283,7 +284,7 @@ def test_ray_missing_is_one_line_naming_the_install(tmp_path, monkeypatch, capsy
 
 @pytest.mark.slow
 def test_acceptance_on_a_local_ray_cluster(tmp_path, capsys):
-    pytest.importorskip("ray")
+    require_ray()
     out = str(tmp_path / "out")
     argv = ["sweep", "--defenses", "normal,mat", "--datasets", "digits", "--profile", "smoke",
             "--executor", "ray", "--set", "epochs=1", "--out", out, "--quiet"]
@@ -301,7 +302,7 @@ def test_acceptance_on_a_local_ray_cluster(tmp_path, capsys):
 
 
 def test_a_local_ray_cluster_without_the_gpus_asked_is_an_error_not_a_hang(tmp_path):
-    pytest.importorskip("ray")
+    require_ray()
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
