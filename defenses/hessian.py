@@ -30,6 +30,7 @@ from torch import nn
 
 from xrbench.data import DatasetCard
 from xrbench.explainers import split_model
+from xrbench.fastgrad import fast_double_backward
 from xrbench.registry import defenses
 
 from .base import Defense, Recipe, is_small_model
@@ -122,7 +123,7 @@ class Hessian(Defense):
         """(CE, mean_batch ||H v||^2) scalars from one forward pass; x pixels (B, C, S, S)."""
         net, mean, std = split_model(model)
         z = ((x.detach() - mean) / std).requires_grad_(True)
-        with torch.enable_grad(), elementary_batchnorm(net):
+        with torch.enable_grad(), elementary_batchnorm(net), fast_double_backward(net):
             logits = net(z)
             reg = hvp_norm_sq(z, logits, y, self.probe(z)).mean()
         return F.cross_entropy(logits, y), reg

@@ -27,6 +27,7 @@ from torch import nn
 
 from xrbench.data import DatasetCard
 from xrbench.explainers import get_explainer, split_model
+from xrbench.fastgrad import fast_double_backward
 from xrbench.registry import defenses
 
 from .base import Defense, Recipe, TrainState, is_small_model
@@ -93,7 +94,9 @@ class L2Cosd(Defense):
         """(l2, cosd) scalars for the batch; ``g`` defaults to the detached source gradient."""
         if g is None:
             _, g = self.ce_and_source_grad(model, x, y)
-        g_r = self.gradient(model, self.perturbed(x), y, create_graph=True)
+        x_r = self.perturbed(x)
+        with fast_double_backward(model):
+            g_r = self.gradient(model, x_r, y, create_graph=True)
         return self.l2_term(g, g_r), self.cosd_term(g, g_r)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ from xrbench.attacks.pgd import eval_mode
 from xrbench.data import DatasetCard
 from xrbench.errors import XRBenchError
 from xrbench.explainers import expl_loss, get_explainer, sum_map
+from xrbench.fastgrad import fast_double_backward
 from xrbench.registry import defenses
 
 from .base import Defense, TrainState
@@ -176,7 +177,7 @@ class Sep(Defense):
         parameters (create_graph)."""
         n = x.shape[0]
         xx = torch.cat([x.detach(), self.noisy(x.detach())])
-        with eval_mode(model):
+        with eval_mode(model), fast_double_backward(model):
             maps = sum_map(self.explain(model, xx, torch.cat([y, y]), create_graph=True))
         return expl_loss(maps[n:], maps[:n]).mean()
 
