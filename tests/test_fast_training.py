@@ -238,6 +238,30 @@ def test_checkpoint_records_the_fast_path(digits, tmp_path, monkeypatch):
     assert on.sha256 == off.sha256  # normal has no double backward: same weights
 
 
+def test_fast_and_default_checkpoints_never_share_a_cache_entry(digits, tmp_path,
+                                                                monkeypatch):
+    """One cache: a checkpoint trained on the fast path is not reused by a default run (nor
+    the other way round), and an entry scored on it is not marked as the reference recipe."""
+    from xrbench import api
+
+    common = dict(overrides={"epochs": "1"}, progress=False, cache_root=tmp_path / "c")
+    monkeypatch.setenv(fastgrad.ENV_VAR, "1")
+    on = get_trained_model(digits, "convnet", "hessian", **common)
+    monkeypatch.delenv(fastgrad.ENV_VAR)
+    off = get_trained_model(digits, "convnet", "hessian", **common)
+    assert not off.reused and off.path != on.path
+    assert "fast_double_backward" not in off.meta
+    monkeypatch.setenv(fastgrad.ENV_VAR, "1")
+    again = get_trained_model(digits, "convnet", "normal", **common)
+    assert not again.reused  # normal's default checkpoint was never made in this cache
+    _, info, _, _ = api._checkpoint(digits, "convnet", "normal", checkpoint=None,
+                                    checkpoint_sha256=None, overrides=None, seed=0,
+                                    device=torch.device("cpu"), retrain=False, progress=False,
+                                    beta=again.meta["model"]["beta"],
+                                    cache_root=tmp_path / "c2")
+    assert info["reference"] is False and "FAST_DOUBLE_BACKWARD" in info["reference_note"]
+
+
 def test_backward_to_parameters_matches_backward_and_layout():
     """Values and strides as ``loss.backward()`` leaves them; unreached parameters None."""
     from xrbench.train import backward_to_parameters

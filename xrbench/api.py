@@ -144,11 +144,17 @@ def _checkpoint(ds: Any, model: str, defense: str, *, checkpoint: str | None,
     trained = get_trained_model(ds, model, defense, overrides=overrides, seed=seed,
                                 device=device, retrain=retrain, progress=progress, beta=beta,
                                 cache_root=cache_root)
+    reference = recipe_reference(defense, ds.card, model, trained.meta["recipe"])
+    if trained.meta.get("fast_double_backward") and reference.get("reference"):
+        # the reference recipe, trained on kernels whose float rounding differs (fastgrad)
+        reference = {"reference": False,
+                     "reference_note": "trained with XRBENCH_FAST_DOUBLE_BACKWARD=1 (the "
+                                       "reference recipe; other float rounding)"}
     return (trained.model.eval(),
             {"name": defense, "recipe": trained.meta["recipe"],
              "recipe_hash": trained.meta["recipe_hash"],
              "source": defenses.get_entry(defense).source, "distribution": dist,
-             **recipe_reference(defense, ds.card, model, trained.meta["recipe"])},
+             **reference},
             {"sha256": trained.sha256, "origin": "cache" if trained.reused else "trained"},
             0.0 if trained.reused else trained.train_seconds)
 

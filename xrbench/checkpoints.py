@@ -40,11 +40,18 @@ class CheckpointKey:
     defense: str
     recipe: dict[str, Any]
     seed: int
+    #: ways of training that move the weights by float rounding (``fast_double_backward``,
+    #: :mod:`xrbench.fastgrad`); empty by default, so default keys are unchanged and such
+    #: a checkpoint is never served to a default run, nor the other way round
+    variant: tuple[str, ...] = ()
 
     def digest(self) -> str:
-        return hash_config({"format": FORMAT_VERSION, "dataset": self.dataset,
-                            "model": self.model, "defense": self.defense,
-                            "recipe": self.recipe, "seed": self.seed})
+        config: dict[str, Any] = {"format": FORMAT_VERSION, "dataset": self.dataset,
+                                  "model": self.model, "defense": self.defense,
+                                  "recipe": self.recipe, "seed": self.seed}
+        if self.variant:
+            config["variant"] = list(self.variant)
+        return hash_config(config)
 
     def path(self, root: Path | None = None) -> Path:
         root = (root or cache_dir()) / "checkpoints"

@@ -153,7 +153,9 @@ def checkpoint_key(card: Any, model_name: str, defense_name: str,
     reuses; ``key.path(cache_root).is_file()`` says whether it is cached already."""
     recipe = build_recipe(defense_name, card, model_name, overrides)
     model_cfg = {"name": model_name, "beta": beta, "activation": "softplus"}
-    return CheckpointKey(card.name, model_cfg, defense_name, recipe.to_dict(), seed), recipe
+    variant = ("fast_double_backward",) if fastgrad.enabled() else ()
+    return (CheckpointKey(card.name, model_cfg, defense_name, recipe.to_dict(), seed, variant),
+            recipe)
 
 
 def get_trained_model(dataset: Dataset, model_name: str = "convnet", defense_name: str = "normal",
