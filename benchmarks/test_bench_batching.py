@@ -28,7 +28,7 @@ from benchutil import pick
 BATCH_PAIRS = pick(512, 128)  # one chunk of the manipulation stage (pair_batch)
 LOOP_PAIRS = pick(32, 8)
 ITERATIONS = pick(10, 3)
-ROUNDS = 3
+ROUNDS = pick(5, 3)
 LR = 7.5e-4  # the quick profile's
 _batched_result: dict[str, object] = {}
 
