@@ -8,8 +8,8 @@ in chunks of ``pair_batch``, so its peak must stay flat in the number of pairs.
     python benchmarks/peak_memory.py --runs manipulation    # the stage alone, ~1 min
 
 Each run is a fresh process under GNU ``/usr/bin/time -v`` (its "Maximum resident set
-size"), with a fresh temporary ``XRBENCH_CACHE`` (so it trains its model and builds its
-subset, as a first run does) and a temporary ``--out``; default torch threads. The runs of
+size"), with a fresh temporary cache (``XRBENCH_CACHE``; so it trains its model and builds
+its subset, as a first run does) and a temporary ``--out``; default torch threads. The runs of
 this script's own ``--inner`` modes also report the peak measured in the process when its
 work is done (``getrusage``): ``/usr/bin/time``'s figure is larger by what the interpreter's
 exit touches after torch was imported (about 115 MiB here, the same in every run; the
@@ -91,14 +91,15 @@ def inner_evaluate(profile: str, iterations: int, out: Path) -> None:
         mark(stage, "summarize", stage.name)
     mark(entry, "build_entry", "entry")
     mark(api, "_write", "written")
-    api.evaluate("normal", "digits", "convnet", "grad_x_input", prof, out=out, progress=False,
-                 device="cpu")
+    with tempfile.TemporaryDirectory(prefix="xrbench-mem-cache-") as cache:
+        api.evaluate("normal", "digits", "convnet", "grad_x_input", prof, out=out,
+                     progress=False, device="cpu", cache_root=Path(cache))
     print(PEAK_TAG + json.dumps(peaks), flush=True)
 
 
 def inner_manipulation(n_images: int, iterations: int) -> None:
     """The manipulation stage on ``n_images`` digits test images (n(n-1) pairs), through
-    the stage cache in ``$XRBENCH_CACHE``; ``n_images`` 0 loads everything, runs nothing."""
+    a stage cache in a temporary folder; ``n_images`` 0 loads everything, runs nothing."""
     import torch
 
     import xrbench  # noqa: F401
@@ -113,17 +114,18 @@ def inner_manipulation(n_images: int, iterations: int) -> None:
     ds = load_dataset("digits")
     model = create_model("convnet", ds.card).eval()
     images, labels = ds.test.get_batch(torch.arange(max(n_images, 2)))
-    ctx = RunContext(model=model, model_name="convnet", explainer=get_explainer("grad_x_input"),
-                     dataset=ds, profile=with_overrides(get_profile("paper"),
-                                                        manipulation_iterations=iterations),
-                     images=images, labels=labels, device=torch.device("cpu"), seed=0,
-                     progress=False, base_key={"peak_memory": n_images}, cache=StageCache())
+    profile = with_overrides(get_profile("paper"), manipulation_iterations=iterations)
     peaks = {"loaded": _peak_mib()}
-    if n_images:
-        stage = Manipulation()
-        out = stage.execute(ctx, stage.params(ctx))
-        assert out["expl_end"].shape == (n_images * (n_images - 1),)
-        peaks["manipulation"] = _peak_mib()
+    with tempfile.TemporaryDirectory(prefix="xrbench-mem-cache-") as cache:
+        ctx = RunContext(model=model, model_name="convnet",
+                         explainer=get_explainer("grad_x_input"), dataset=ds, profile=profile,
+                         images=images, labels=labels, device=torch.device("cpu"), seed=0,
+                         progress=False, base_key={}, cache=StageCache(Path(cache)))
+        if n_images:
+            stage = Manipulation()
+            out = stage.execute(ctx, stage.params(ctx))
+            assert out["expl_end"].shape == (n_images * (n_images - 1),)
+            peaks["manipulation"] = _peak_mib()
     print(PEAK_TAG + json.dumps(peaks), flush=True)
 
 
