@@ -63,15 +63,17 @@ def _add_common(p: argparse.ArgumentParser, *, defense_default: str | None = "no
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def _add_executor(p: argparse.ArgumentParser) -> None:
-    """--executor and --ray-address (evaluate's shards; sweep's cells)."""
+def add_executor_options(p: argparse.ArgumentParser, tasks: str = "tasks") -> None:
+    """--executor and --ray-address; ``tasks`` says what runs on the executor (evaluate's
+    "shards", sweep's "cells")."""
     p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where independent tasks run: local (default; in this process, one "
-                        "after another) or ray (Ray tasks; needs pip install \"xrbench[ray]\")")
+                   help=f"where the {tasks} run: local (default; in this process, one after "
+                        f"another) or ray (each a Ray task; needs pip install "
+                        f"\"xrbench[ray]\")")
     p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="with --executor ray: a running Ray cluster (e.g. ray://host:10001 or "
-                        "auto); default: start a local cluster with this machine's CPUs and "
-                        "GPUs")
+                   help="with --executor ray: a running Ray cluster (ray://host:10001, "
+                        "host:6379 or auto); default: start a local cluster with this "
+                        "machine's CPUs and GPUs for the run, and stop it after")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -154,7 +156,7 @@ def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.Argumen
                    help="replace an existing entry of a different run (say, one written by an "
                         "older xrbench without a newer stage), reusing the cached stages")
     p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
-    _add_executor(p)
+    add_executor_options(p, "shards")
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="split the manipulation (pairs), RelEx retrieval, Insertion and "
                         "Adv-Insertion (images) into N deterministic shards run on the "

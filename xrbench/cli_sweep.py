@@ -49,7 +49,7 @@ examples:
 
 def add_commands(sub: Any) -> dict[str, Any]:
     """Add the ``sweep`` subparser to ``sub``; return ``{"sweep": handler}``."""
-    from .executors import EXECUTORS
+    from .cli import add_executor_options
     from .protocol import PROFILES
 
     p = sub.add_parser("sweep", help="evaluate every cell of defenses x datasets x models x "
@@ -83,13 +83,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
                    help="results folder (default: $XRBENCH_RESULTS or ~/.cache/xrbench/results); "
                         "on a multi-machine Ray cluster, a folder every machine can write "
                         "(a shared filesystem)")
-    p.add_argument("--executor", default="local", choices=EXECUTORS,
-                   help="local: cells one after another in this process (default); ray: each "
-                        "cell a Ray task")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="a running Ray cluster (ray://host:10001, host:6379 or auto); without "
-                        "it --executor ray starts a local cluster for the sweep and stops it "
-                        "after")
+    add_executor_options(p, "cells")
     p.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N",
                    help="CPUs Ray reserves for each cell (default: 1; Ray sets one thread "
                         "per reserved CPU)")
