@@ -14,8 +14,9 @@ version (the paper's setup is none of xrbench's): it joins every measured table 
 dataset, model, explainer and profile, and where there is none it gets a table of its own
 (``reported_only``; only with ``reported="all"``).
 
-Duplicates: two rows of one table with the same source, defense and seed (two files of the
-same run, or of two runs) are not merged and neither is dropped: both rows are shown, each
+Duplicates: two rows of one table with the same source, defense, recipe and seed (two files
+of the same run, or of two runs) are not merged and neither is dropped (rows of one defense
+with other recipes, such as the points of a sweep's ``--grid``, are not duplicates): both rows are shown, each
 marked with its duplicate group's number, the files are listed in :attr:`Board.duplicates`,
 and the rows of a duplicate group are left out of the table's correlations (one defense must
 not count twice).
@@ -200,11 +201,12 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
     duplicates: list[Duplicate] = []
     for t in ordered:
         t.rows.sort(key=_sort_key)
-        groups: dict[tuple[str, str, Any], list[Row]] = {}
-        for r in t.rows:
+        groups: dict[tuple[str, str, Any, Any], list[Row]] = {}
+        for r in t.rows:  # other recipes of one defense (a sweep's grid) are other rows
             groups.setdefault((r.source, str(_get(r.entry, "defense", "name")),
-                               _get(r.entry, "seed")), []).append(r)
-        for (source, defense, s), members in groups.items():
+                               _get(r.entry, "seed"), _get(r.entry, "defense", "recipe_hash")),
+                              []).append(r)
+        for (source, defense, s, _recipe), members in groups.items():
             if len(members) > 1:
                 number = len(duplicates) + 1
                 for m in members:

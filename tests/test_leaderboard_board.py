@@ -143,6 +143,30 @@ def test_duplicates_are_both_shown_marked_and_left_out_of_correlations(tmp_path:
     assert [r["duplicate"] for r in doc["tables"][0]["rows"]].count(1) == 2
 
 
+def test_grid_points_of_one_defense_are_rows_not_duplicates() -> None:
+    """A sweep's --grid trades.beta=1,6 gives two trades rows with seed 0 and other recipes:
+    both are measured rows (and count in the correlations), not a duplicate group."""
+    entries = [mnist("mat", 80.0, 3e-5), mnist("sep_neg", 78.0, 9e-5),
+               mnist("normal", 0.0, 2e-5)]
+    for beta, pgd in ((1, 40.0), (6, 60.0)):
+        e = mnist("trades", pgd, 4e-5)
+        e["defense"]["recipe"] = {**e["defense"].get("recipe", {}), "beta": beta}
+        e["defense"]["recipe_hash"] = f"hash-beta-{beta}"
+        entries.append(e)
+    board = build_board(entries, reported_mode="none")
+    assert board.duplicates == []
+    rows = board.tables[0].rows
+    assert sum(_get_name(r.entry) == "trades" for r in rows) == 2
+    cs = board.tables[0].correlations[0]
+    assert cs.excluded_duplicates == 0 and {c.n for c in cs.items} == {5}
+    same = [mnist("trades", 40.0, 4e-5), mnist("trades", 40.0, 4e-5)]  # one recipe: a duplicate
+    assert len(build_board(entries[:3] + same, reported_mode="none").duplicates) == 1
+
+
+def _get_name(entry: dict[str, Any]) -> str:
+    return entry["defense"]["name"]
+
+
 def test_the_json_document_is_schema_valid_and_complete(tmp_path: Path) -> None:
     schema = load_document_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
