@@ -66,6 +66,9 @@ MODES = ("scoring", "training")
 #: scoring band: float32 rounding between torch versions and BLAS builds (tests/test_pinned_entry)
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 0.0
+#: scoring band of per-example arrays: the smallest half-width, whatever the array's scale
+#: (float32 resolution near 1, the scale of images and maps)
+ARRAY_ATOL_FLOOR = 1e-12
 #: training band: this many standard deviations of the metric over the baseline's seeds
 DEFAULT_K = 6.0
 #: a folder of the baseline whose entries only feed the seed spread (never required in CURRENT)
@@ -381,10 +384,10 @@ def check_metric(name: str, base: Leaf, cur: Leaf, settings: Settings, *,
             if base_ex.values.shape != cur_ex.values.shape:
                 moved.append(f"{base_ex.values.size} -> {cur_ex.values.size} examples")
             else:
-                far = ~np.isclose(cur_ex.values, base_ex.values, rtol=rtol, atol=atol,
-                                  equal_nan=True)
+                far = array_moved(base_ex.values, cur_ex.values, rtol, atol)
                 if far.any():
-                    moved.append(f"{int(far.sum())} of {far.size} examples")
+                    moved.append(f"{int(far.sum())} of {far.size} examples (band "
+                                 f"{array_band(base_ex.values, rtol, atol):.3g})")
         if moved:
             details.append("moved: " + ", ".join(moved))
             if verdict == "ok":
@@ -555,16 +558,43 @@ def moved_arrays(base: Mapping[str, np.ndarray], cur: Mapping[str, np.ndarray],
             continue
         a = np.asarray(base[key], dtype=np.float64)
         b = np.asarray(cur[key], dtype=np.float64)
+        band = array_band(a, settings.rtol, settings.atol) if a.size else 0.0
         if a.shape != b.shape:
             detail = f"shape {a.shape} -> {b.shape}"
         else:
-            far = ~np.isclose(b, a, rtol=settings.rtol, atol=settings.atol, equal_nan=True)
+            far = array_moved(a, b, settings.rtol, settings.atol)
             if not far.any():
                 continue
-            detail = f"{int(far.sum())} of {far.size} values moved"
+            detail = (f"{int(far.sum())} of {far.size} values moved, by up to "
+                      f"{float(np.nanmax(np.abs(b - a)[far])):.3g}")
         rows.append(MetricCheck(f"examples:{key}", key, "", _mean(a), _mean(b), None, None,
-                                f"rtol {settings.rtol:g}", "changed", True, detail))
+                                f"+-{band:.3g} (rtol {settings.rtol:g} x max|baseline|)",
+                                "changed", True, detail))
     return rows
+
+
+def array_band(base: np.ndarray, rtol: float, atol: float) -> float:
+    """Half-width of the scoring band of every value of one per-example array:
+    ``max(atol, rtol * max|base|, ARRAY_ATOL_FLOOR)`` over the array's finite values.
+
+    Scaled by the array's own magnitude, not each value's: float32 rounding across torch
+    builds moves a value by a fraction of the array's scale, so a value near 0 moves by as
+    much as a large one (+2.33e-10 measured on one of the gallery's values, baselines of
+    torch 2.15.0 re-scored under 2.14.1), and ``rtol * |value|`` allows it nothing.
+    A real change (an image whose outcome flips, an attack that runs one step fewer) moves
+    values by a share of the array's scale, far beyond ``rtol``."""
+    a = np.asarray(base, dtype=np.float64)
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(finite.max()) if finite.size else 0.0
+    return max(atol, rtol * scale, ARRAY_ATOL_FLOOR)
+
+
+def array_moved(base: np.ndarray, cur: np.ndarray, rtol: float, atol: float) -> np.ndarray:
+    """Which values of ``cur`` left the band :func:`array_band` puts around ``base`` (same
+    shapes); NaN and infinities must match exactly."""
+    a = np.asarray(base, dtype=np.float64)
+    b = np.asarray(cur, dtype=np.float64)
+    return ~np.isclose(b, a, rtol=0.0, atol=array_band(a, rtol, atol), equal_nan=True)
 
 
 def _mean(a: np.ndarray) -> float | None:
