@@ -1,7 +1,7 @@
 """The correlation answer under every leaderboard table (PROTOCOL.md section 5.7).
 
 Across the rows of one table: Spearman's rho and Kendall's tau-b between PGD accuracy and
-each explanation-robustness metric (:data:`CORRELATED`), each with a 95% percentile
+each explanation-robustness metric (:func:`correlated_metrics`), each with a 95% percentile
 bootstrap interval and the number of rows it uses. This is the SEP paper's question ("are
 classification robustness and explanation robustness strongly correlated?") asked of every
 table.
@@ -38,6 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from xrbench.columns import TABLE_EPS, correlated_columns, number as _num
+
 from .fields import get_field as _get
 
 RESAMPLES = 1000  # bootstrap resamples per correlation (PROTOCOL 5.7)
@@ -47,11 +49,6 @@ MIN_ROWS = 4  # fewer rows with both values: a sentence instead of a number
 MIN_VALID_SHARE = 0.5  # fewer usable resamples than this share: no interval
 NOTE_UNDEFINED_SHARE = 0.05  # more undefined resamples than this share: the line says so
 
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
 
 
 
@@ -83,13 +80,6 @@ def rps_eps_for(entries: Sequence[Mapping[str, Any]]) -> str | None:
     return max(counts, key=lambda k: (counts[k], _eps_sort_key(k)))
 
 
-def _middle_eps(per_eps: Any) -> str | None:
-    if not isinstance(per_eps, Mapping) or not per_eps:
-        return None
-    keys = sorted(per_eps, key=_eps_sort_key)
-    return keys[len(keys) // 2]
-
-
 @dataclass(frozen=True)
 class Metric:
     """An explanation-robustness metric of a row: ``key`` (stable id), ``label`` (as the
@@ -100,29 +90,12 @@ class Metric:
     read: Callable[[Mapping[str, Any], str | None], float | None]
 
 
-def _plain(name: str) -> Callable[[Mapping[str, Any], str | None], float | None]:
-    return lambda e, _eps: _num(_get(e, "metrics", name, "value"))
-
-
-def _rps(e: Mapping[str, Any], eps: str | None) -> float | None:
-    return None if eps is None else _num(_get(e, "metrics", "rps", "cosine", eps, "value"))
-
-
-def _retrieval(e: Mapping[str, Any], _eps: str | None) -> float | None:
-    per = _get(e, "metrics", "retrieval", "relex_adv_mask")
-    mid = _middle_eps(per)
-    return None if mid is None else _num(_get(per, mid, "value"))
-
-
-#: the metrics correlated with PGD accuracy, in print order (PROTOCOL 5.2-5.5)
-CORRELATED: tuple[Metric, ...] = (
-    Metric("expl_start", "Expl@start", _plain("expl_start")),
-    Metric("expl_end", "Expl@end", _plain("expl_end")),
-    Metric("rps_cosine", "RPS cos", _rps),
-    Metric("insertion", "Insertion", _plain("insertion")),
-    Metric("adv_insertion", "Adv-Ins.", _plain("adv_insertion")),
-    Metric("retrieval", "Retrieval", _retrieval),
-)
+def correlated_metrics() -> tuple[Metric, ...]:
+    """The metrics correlated with PGD accuracy, in print order (PROTOCOL 5.2-5.5): the
+    columns that declare ``correlated`` (:func:`xrbench.columns.correlated_columns`)."""
+    return tuple(Metric(c.key, c.short or c.label,
+                        lambda e, eps, c=c: c.value(e, eps))
+                 for c in correlated_columns())
 
 
 def pgd_accuracy(entry: Mapping[str, Any]) -> float | None:
@@ -208,7 +181,7 @@ class CorrelationSet:
 def table_correlations(entries: Sequence[Mapping[str, Any]], rows: str,
                        rps_eps: str | None, *, excluded_duplicates: int = 0,
                        resamples: int = RESAMPLES, seed: int = SEED) -> CorrelationSet:
-    """Every metric of :data:`CORRELATED` that at least one of ``entries`` has, correlated
+    """Every metric of :func:`correlated_metrics` that at least one of ``entries`` has, correlated
     with PGD accuracy (:func:`correlate`). Metrics no row has are left out; rows without
     PGD accuracy (Joo et al. report none) give a note instead of correlations."""
     out = CorrelationSet(rows, len(entries), excluded_duplicates=excluded_duplicates)
@@ -216,8 +189,9 @@ def table_correlations(entries: Sequence[Mapping[str, Any]], rows: str,
         out.note = ("no PGD accuracy in these rows" if rows == "measured" else
                     "the source reports no PGD accuracy")
         return out
-    for metric in CORRELATED:
-        if metric.key == "rps_cosine" and rps_eps is not None:
+    eps_picked = {c.key for c in correlated_columns() if TABLE_EPS in c.pick}
+    for metric in correlated_metrics():
+        if metric.key in eps_picked and rps_eps is not None:
             metric = Metric(metric.key, f"{metric.label} {rps_eps}", metric.read)
         if any(metric.read(e, rps_eps) is not None for e in entries):
             out.items.append(correlate(entries, metric, rps_eps, resamples=resamples,

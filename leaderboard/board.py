@@ -35,8 +35,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from .analysis import (CORRELATED, LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet,
-                       rps_eps_for, table_correlations)
+from xrbench.columns import board_columns, correlated_columns, number
+
+from .analysis import (LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet, rps_eps_for,
+                       table_correlations)
 from .schema import Skipped, is_reported
 from .fields import get_field as _get
 
@@ -287,50 +289,21 @@ def published_dir() -> Path:
 
 # --- the combined JSON document -----------------------------------------------------------
 
-#: (key, label, unit, display scale) of each value a row carries in the JSON document and
-#: the HTML page; values are in entry units, display = value x scale
-VALUE_COLUMNS: tuple[tuple[str, str, str, float], ...] = (
-    ("clean_acc", "clean acc (%)", "percent", 1.0),
-    ("pgd_acc", "PGD acc (%)", "percent", 1.0),
-    ("expl_start", "Expl@start (x1e-7)", "L_e", 1e7),
-    ("expl_end", "Expl@end (x1e-7)", "L_e", 1e7),
-    ("loss_fall_2nd_half", "Loss fall 2nd half (%)", "share", 100.0),
-    ("rps_cosine", "RPS cos", "similarity", 1.0),
-    ("insertion", "Insertion (%)", "percent", 1.0),
-    ("adv_insertion", "Adv-Ins. (%)", "percent", 1.0),
-    ("retrieval", "Retrieval (%)", "share", 100.0),
-)
-
-
 def row_values(entry: Mapping[str, Any], rps_eps: str | None
                ) -> dict[str, dict[str, Any]]:
     """The row's values in entry units, ``{key: {"value": v | None, "ci": [lo, hi] | None}}``
-    for every key of :data:`VALUE_COLUMNS` (RPS cosine at ``rps_eps``; retrieval = RelEx
-    mask of x_adv at the middle eps; the loss fall has no interval)."""
-    from .render import middle_eps, second_half_fall
-
-    def metric(*path: str) -> dict[str, Any]:
-        m = _get(entry, "metrics", *path)
-        v = _get(m, "value")
-        ci = _get(m, "ci")
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    for every board column (:func:`xrbench.columns.board_columns`: RPS cosine at
+    ``rps_eps``; retrieval = RelEx mask of x_adv at the middle eps; the loss fall has no
+    interval)."""
+    out = {}
+    for c in board_columns():
+        m = c.metric(entry, rps_eps)
+        v, ci = number(_get(m, "value")), _get(m, "ci")
         good_ci = (isinstance(ci, Sequence) and len(ci) == 2
-                   and all(isinstance(c, (int, float)) for c in ci))
-        return {"value": float(v) if ok else None,
-                "ci": [float(ci[0]), float(ci[1])] if ok and good_ci else None}
-
-    retrieval = _get(entry, "metrics", "retrieval", "relex_adv_mask")
-    mid = middle_eps(retrieval)
-    return {
-        "clean_acc": metric("clean_acc"), "pgd_acc": metric("pgd_acc"),
-        "expl_start": metric("expl_start"), "expl_end": metric("expl_end"),
-        "loss_fall_2nd_half": {"value": second_half_fall(entry), "ci": None},
-        "rps_cosine": (metric("rps", "cosine", rps_eps) if rps_eps is not None
-                       else {"value": None, "ci": None}),
-        "insertion": metric("insertion"), "adv_insertion": metric("adv_insertion"),
-        "retrieval": (metric("retrieval", "relex_adv_mask", mid) if mid is not None
-                      else {"value": None, "ci": None}),
-    }
+                   and all(number(x) is not None for x in ci))
+        out[c.key] = {"value": v,
+                      "ci": [float(ci[0]), float(ci[1])] if v is not None and good_ci else None}
+    return out
 
 
 def _interval(ci: Any) -> list[float] | None:
@@ -389,11 +362,12 @@ def board_document(board: Board) -> dict[str, Any]:
         "format_version": DOCUMENT_VERSION,
         "xrbench_version": __version__,
         "inputs": {"results": list(board.inputs), "reported": board.reported_mode},
-        "columns": [{"key": k, "label": label, "unit": unit, "display_scale": scale}
-                    for k, label, unit, scale in VALUE_COLUMNS],
+        "columns": [{"key": c.key, "label": c.label, "unit": c.unit, "display_scale": c.scale}
+                    for c in board_columns()],
         "correlation_method": {
             "statistics": ["spearman", "kendall_tau_b"], "against": "pgd_acc",
-            "metrics": [m.key for m in CORRELATED], "interval": "percentile bootstrap",
+            "metrics": [c.key for c in correlated_columns()],
+            "interval": "percentile bootstrap",
             "resampled_unit": "table rows", "level": LEVEL, "resamples": RESAMPLES,
             "seed": SEED, "min_rows": MIN_ROWS,
         },

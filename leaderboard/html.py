@@ -25,23 +25,15 @@ import logging
 from typing import Any, Mapping, Sequence
 
 from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
-from .board import VALUE_COLUMNS, Board, Table, row_values
-from .render import (MISSING, NOT_APPLICABLE, _expl, _marks, flags_list, not_applicable,
-                     rps_column, table_notes)
+from xrbench.columns import Column, board_columns, by_key, format_value
+
+from .board import Board, Table, row_values
+from .render import MISSING, NOT_APPLICABLE, _marks, flags_list, not_applicable, table_notes
 from .fields import get_field as _get
 
 _log = logging.getLogger(__name__)
 
 Figure = tuple[str, bytes]  # (caption, PNG bytes)
-
-#: the stage of each value column (n/a when the entry says the stage did not run)
-_VALUE_STAGE: dict[str, str] = {
-    "clean_acc": "accuracy", "pgd_acc": "accuracy", "expl_start": "manipulation",
-    "expl_end": "manipulation", "loss_fall_2nd_half": "manipulation", "rps_cosine": "rps",
-    "insertion": "insertion", "adv_insertion": "adv_insertion", "retrieval": "retrieval",
-}
-_DIGITS: dict[str, int] = {"clean_acc": 2, "pgd_acc": 2, "loss_fall_2nd_half": 1,
-                           "rps_cosine": 3, "insertion": 2, "adv_insertion": 2, "retrieval": 1}
 
 _STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
@@ -116,35 +108,33 @@ def script_hash() -> str:
 
 
 
-def _printed(entry: Mapping[str, Any], key: str, rps_eps: str | None) -> str | None:
+def _printed(entry: Mapping[str, Any], column: Column, rps_eps: str | None) -> str | None:
     """A reported value's text as the paper printed it, or None."""
-    path = {"rps_cosine": ("rps", "cosine", rps_eps)}.get(key, (key,))
-    text = _get(entry, "metrics", *path, "as_printed")
+    text = _get(column.metric(entry, rps_eps), "as_printed")
     return text if isinstance(text, str) else None
 
 
-def _display(key: str, scale: float, value: float | None) -> str:
-    if value is None:
-        return MISSING
-    if key in ("expl_start", "expl_end"):
-        return _expl(value)
-    return f"{value * scale:.{_DIGITS[key]}f}"
+def _interval_end(column: Column, x: float) -> str:
+    """An interval's end: as the cell prints values, but L_e of 100 and more (x1e-7)
+    without decimals."""
+    if column.style == "expl" and abs(x * column.scale) >= 100:
+        return f"{x * column.scale:.0f}"
+    return format_value(column, x, MISSING)
 
 
-def _cell(entry: Mapping[str, Any], key: str, scale: float, rps_eps: str | None,
-          intervals: bool) -> tuple[str, str]:
-    """(inner HTML, data-v attribute) of one value cell."""
-    if _VALUE_STAGE[key] in not_applicable(entry):
+def _cell(entry: Mapping[str, Any], column: Column, values: Mapping[str, Any],
+          rps_eps: str | None, intervals: bool) -> tuple[str, str]:
+    """(inner HTML, data-v attribute) of one value cell; ``values``: the row's
+    :func:`~xrbench.leaderboard.board.row_values`."""
+    if column.stage in not_applicable(entry):
         return NOT_APPLICABLE, ""
-    v = row_values(entry, rps_eps)[key]
-    value, ci = v["value"], v["ci"]
-    text = _printed(entry, key, rps_eps) or _display(key, scale, value)
+    value, ci = values[column.key]["value"], values[column.key]["ci"]
+    text = _printed(entry, column, rps_eps) or format_value(column, value, MISSING)
     inner = _e(text)
     if intervals and ci is not None:
-        lo, hi = (_display(key, scale, c) if key not in ("expl_start", "expl_end")
-                  or abs(c * scale) < 100 else f"{c * scale:.0f}" for c in ci)
+        lo, hi = (_interval_end(column, c) for c in ci)
         inner += f'<span class="ci">[{_e(lo)}, {_e(hi)}]</span>'
-    return inner, "" if value is None else repr(value * scale)
+    return inner, "" if value is None else repr(value * column.scale)
 
 
 def _table_html(table: Table, intervals: bool) -> str:
@@ -155,10 +145,10 @@ def _table_html(table: Table, intervals: bool) -> str:
     cols: list[tuple[str, str, str]] = [("defense", "text", "defense"), ("seed", "num", "seed")]
     if table.has_reported:
         cols.append(("source", "text", "source"))
-    for key, label, _unit, _scale in VALUE_COLUMNS:
-        cols.append((key, "num", rps_column(table.rps_eps) if key == "rps_cosine" else label))
+    columns = board_columns()
+    for c in columns:
+        cols.append((c.key, "num", c.header(table.rps_eps)))
     cols.append(("flags", "text", "flags"))
-    scales = {k: s for k, _l, _u, s in VALUE_COLUMNS}
     body: list[list[tuple[str, str, str]]] = []  # per row: (class, inner, data-v)
     for i, r in enumerate(table.rows):
         e = r.entry
@@ -172,9 +162,9 @@ def _table_html(table: Table, intervals: bool) -> str:
         if table.has_reported:
             badge = "badge rep" if r.reported else "badge"
             cells.append(("", f'<span class="{badge}">{_e(r.source)}</span>', ""))
-        for key, *_rest in VALUE_COLUMNS:
-            inner, v = _cell(e, key, scales[key], table.rps_eps, intervals)
-            cells.append(("num", inner, v))
+        values = row_values(e, table.rps_eps)
+        for c in columns:
+            cells.append(("num", *_cell(e, c, values, table.rps_eps, intervals)))
         flags = [f for f in flags_list(e) if not (omit_nc and f == "not_converged")]
         cells.append(("", _e(", ".join(flags)), ""))
         body.append(cells)
@@ -235,18 +225,14 @@ def scatter_metric(table: Table) -> tuple[str, str] | None:
         for c in items:
             if c.n < 2:  # one point is no scatter
                 continue
-            if c.metric == "rps_cosine":
-                return f"rps/cosine/{table.rps_eps}", c.label
-            if c.metric == "retrieval":
-                from .render import middle_eps
-
-                mids = {middle_eps(_get(r.entry, "metrics", "retrieval", "relex_adv_mask"))
-                        for r in table.rows}
-                mids.discard(None)
-                if len(mids) == 1:
-                    return f"retrieval/relex_adv_mask/{mids.pop()}", c.label
+            column = by_key(c.metric)
+            if column is None:
                 continue
-            return c.metric, c.label
+            # a family member: the one the rows show, if it is the same in every row
+            paths = {column.board_path(r.entry, table.rps_eps) for r in table.rows}
+            paths.discard(None)
+            if len(paths) == 1:
+                return "/".join(paths.pop()), c.label
     return None
 
 

@@ -58,6 +58,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from xrbench.columns import number as _num
 from xrbench.errors import XRBenchError
 
 log = logging.getLogger(__name__)
@@ -173,10 +174,6 @@ class Leaf:
     obj: Any = None
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
 
 
 def metric_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Leaf]:
@@ -206,25 +203,20 @@ def metric_leaves(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, Lea
 
 @dataclass(frozen=True)
 class Declared:
-    """What a stage declares about a metric (:class:`xrbench.stage.Row`): its printed
+    """What a metric's column declares (:class:`xrbench.columns.Column`): its printed
     ``label`` and which direction is ``better`` ("higher", "lower" or "")."""
 
     label: str
     better: str
 
 
-def declarations(entry: Mapping[str, Any]) -> dict[int, Declared]:
-    """The stages' own rows for this entry (:meth:`xrbench.stage.Stage.rows`), keyed by the
-    ``id`` of the metric object each row shows: one declaration of direction, reused."""
-    from xrbench.stages import STAGES
+def declarations(entry: Mapping[str, Any]) -> dict[str, Declared]:
+    """Per metric name of this entry (``"rps/cosine/8/255"``), what its column declares
+    (:mod:`xrbench.columns`, listed by each stage): one declaration of direction, reused."""
+    from xrbench.columns import declared_metrics
 
-    out: dict[int, Declared] = {}
-    metrics = entry.get("metrics") or {}
-    for stage in STAGES:
-        for row in stage.rows(metrics):
-            if isinstance(row.metric, Mapping):
-                out[id(row.metric)] = Declared(row.label, row.better)
-    return out
+    return {name: Declared(c.summary_label(parts), c.better)
+            for name, (c, parts) in declared_metrics(entry.get("metrics") or {}).items()}
 
 
 @dataclass(frozen=True)
@@ -532,7 +524,7 @@ def check_entry(base: Side, cur: Side, settings: Settings,
         values = [leaf.value] + [o[name].value for o in others if name in o]
         result.metrics.append(check_metric(
             name, leaf, cl[name], settings,
-            declared=decl.get(id(leaf.obj)) if leaf.obj is not None else None,
+            declared=decl.get(name),
             spread=[v for v in values if v is not None] if len(values) > 1 else (),
             base_ex=bex.get(name), cur_ex=cex.get(name)))
     for name, leaf in cl.items():

@@ -31,10 +31,14 @@ leaderboard`` renders) or a list of entries (grouped into one on the spot).
 from __future__ import annotations
 
 import html
-from fractions import Fraction
 from typing import Any, Iterable, Mapping, Sequence
 
 from tabulate import tabulate
+
+from xrbench.columns import (Column, board_columns, eps_value, format_value, interval_columns,
+                             middle_key)
+from xrbench.columns import number as _num
+from xrbench.protocol import CONVERGENCE_TOLERANCE  # entries record their own (manipulation_loss)
 
 from .board import Board, Duplicate, Table, build_board  # board imports render lazily
 from .fields import get_field
@@ -44,30 +48,15 @@ NOT_APPLICABLE = "n/a"  # a stage that did not run for this explainer (entry.not
 NOT_REFERENCE = "\u2020"  # dagger: the recipe is not the reference recipe
 DUPLICATE = "\u2021"  # double dagger: one of several rows with the same source, defense, seed
 NO_DEFENSE = "\u00a7"  # section sign: a reported method no xrbench defense implements
-CONVERGENCE_TOLERANCE = 0.05  # PROTOCOL 6; entries record their own (manipulation_loss)
 
-COLUMNS: tuple[str, ...] = (
-    "defense", "seed", "clean acc (%)", "PGD acc (%)", "Expl@start (x1e-7)",
-    "Expl@end (x1e-7)", "Loss fall 2nd half (%)", "RPS cos 8/255", "Insertion (%)",
-    "Adv-Ins. (%)", "Retrieval (%)", "flags",
-)
-_ALIGN = ("left", "right", "right", "right", "right", "right", "right", "right", "right",
-          "right", "right", "left")
-#: the stage behind each metric column (its cell is n/a when that stage did not run)
-COLUMN_STAGE: dict[str, str] = {
-    "clean acc (%)": "accuracy", "PGD acc (%)": "accuracy",
-    "Expl@start (x1e-7)": "manipulation", "Expl@end (x1e-7)": "manipulation",
-    "Loss fall 2nd half (%)": "manipulation", "RPS cos 8/255": "rps",
-    "Insertion (%)": "insertion", "Adv-Ins. (%)": "adv_insertion", "Retrieval (%)": "retrieval",
-}
+
+
+def table_headers(rps_eps: str | None = "8/255") -> list[str]:
+    """The leaderboard's headers: defense, seed, one per board column
+    (:func:`xrbench.columns.board_columns`, RPS at ``rps_eps``), flags."""
+    return ["defense", "seed", *(c.header(rps_eps) for c in board_columns()), "flags"]
 
 GroupKey = tuple[str, str, str, str, Any]
-
-
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if x == x else None  # NaN -> missing
 
 
 def escape(text: Any) -> str:
@@ -84,36 +73,11 @@ def group_key(entry: Mapping[str, Any]) -> GroupKey:
             str(get_field(entry, "protocol", "profile")), get_field(entry, "protocol", "version"))
 
 
-def eps_value(key: str) -> float:
-    """The number an eps key stands for: ``"8/255"`` -> 8/255, ``"0.1"`` -> 0.1."""
-    return float(Fraction(key))
-
-
-def middle_eps(per_eps: Mapping[str, Any] | None) -> str | None:
-    """The middle eps key by value (the upper middle for an even count), or None."""
-    if not isinstance(per_eps, Mapping) or not per_eps:
-        return None
-    try:
-        keys = sorted(per_eps, key=eps_value)
-    except (ValueError, ZeroDivisionError):
-        keys = sorted(per_eps)
-    return keys[len(keys) // 2]
-
-
-def _fixed(x: float | None, digits: int, scale: float = 1.0) -> str:
-    return MISSING if x is None else f"{x * scale:.{digits}f}"
-
-
-def _expl(x: float | None) -> str:
-    """L_e in units of 1e-7: 3 decimals (as the SEP paper), 3 significant digits below 0.1."""
-    if x is None:
-        return MISSING
-    v = x * 1e7
-    return f"{v:.3f}" if v == 0 or abs(v) >= 0.1 else f"{v:.3g}"
-
-
 def _value(entry: Mapping[str, Any], *keys: str) -> float | None:
     return _num(get_field(entry, "metrics", *keys, "value"))
+
+
+middle_eps = middle_key  # the name the rendering modules use
 
 
 def flags_text(entry: Mapping[str, Any], omit: Iterable[str] = ()) -> str:
@@ -131,21 +95,6 @@ def not_applicable(entry: Mapping[str, Any]) -> dict[str, str]:
     of schema version 1, where every stage ran)."""
     na = get_field(entry, "not_applicable")
     return {str(k): str(v) for k, v in na.items()} if isinstance(na, Mapping) else {}
-
-
-def second_half_fall(entry: Mapping[str, Any]) -> float | None:
-    """The manipulation's relative loss fall over the second half of its iterations (a
-    share): the entry's ``manipulation_loss.second_half_fall``, or, for entries written
-    before it was recorded, ``(at_50 - at_100) / at_50`` from the loss they kept."""
-    loss = get_field(entry, "metrics", "manipulation_loss")
-    if not isinstance(loss, Mapping):
-        return None
-    if "second_half_fall" in loss:
-        return _num(loss["second_half_fall"])
-    half, full = _num(loss.get("at_50")), _num(loss.get("at_100"))
-    if half is None or full is None:
-        return None
-    return (half - full) / half if half > 0 else 0.0
 
 
 def reference_note(entry: Mapping[str, Any]) -> str | None:
@@ -185,67 +134,35 @@ def flags_list(entry: Mapping[str, Any]) -> list[str]:
     return [str(k) for k in order if flags.get(k) is True]
 
 
-def rps_column(eps: str | None) -> str:
-    """The RPS column's header for a table whose rows show RPS cosine at ``eps``."""
-    return f"RPS cos {eps or '8/255'}"
+def printed_or(column: Column, entry: Mapping[str, Any], text: str,
+               rps_eps: str | None) -> str:
+    """``text``, or a reported number as the paper printed it (``as_printed``: "88.0", not
+    "88.00"; same unit as the column), escaped."""
+    printed = get_field(column.metric(entry, rps_eps), "as_printed")
+    return escape(printed) if isinstance(printed, str) and text != MISSING else text
+
+
+def value_cell(column: Column, entry: Mapping[str, Any], rps_eps: str | None) -> str:
+    """One value cell's display text: ``n/a`` when the column's stage did not run, the
+    number as the column formats it, or as a paper printed it."""
+    if column.stage in not_applicable(entry):
+        return NOT_APPLICABLE
+    return printed_or(column, entry, format_value(column, column.value(entry, rps_eps),
+                                                  MISSING), rps_eps)
 
 
 def row_cells(entry: Mapping[str, Any], mark: str = "", omit_flags: Iterable[str] = (),
               rps_eps: str | None = "8/255") -> list[str]:
-    """The cells of one leaderboard row, in :data:`COLUMNS` order, as display text.
+    """The cells of one leaderboard row, in :func:`table_headers` order, as display text.
     ``mark`` follows the defense name (the table's footnote marks); ``omit_flags`` are left
     out of the flags cell; RPS cosine is read at ``rps_eps``; a column whose stage did not
     run (:func:`not_applicable`) reads ``n/a``; a reported number reads as the paper printed
-    it (``as_printed``: "88.0", not "88.00")."""
-    retrieval = get_field(entry, "metrics", "retrieval", "relex_adv_mask")
-    mid = middle_eps(retrieval)
+    it (:func:`value_cell`)."""
     seed = get_field(entry, "seed")
-    fall = second_half_fall(entry)
-    def shown(text: str, *path: str) -> str:
-        # a reported number is shown as the paper printed it (same unit as the column)
-        printed = get_field(entry, "metrics", *path, "as_printed")
-        return escape(printed) if isinstance(printed, str) and text != MISSING else text
-
-    cells = [
-        escape(get_field(entry, "defense", "name")) + (f" {mark}" if mark else ""),
-        MISSING if seed is None else escape(seed),
-        shown(_fixed(_value(entry, "clean_acc"), 2), "clean_acc"),
-        shown(_fixed(_value(entry, "pgd_acc"), 2), "pgd_acc"),
-        shown(_expl(_value(entry, "expl_start")), "expl_start"),
-        shown(_expl(_value(entry, "expl_end")), "expl_end"),
-        _fixed(fall, 1, 100.0),
-        MISSING if rps_eps is None else shown(
-            _fixed(_value(entry, "rps", "cosine", rps_eps), 3), "rps", "cosine", rps_eps),
-        shown(_fixed(_value(entry, "insertion"), 2), "insertion"),
-        shown(_fixed(_value(entry, "adv_insertion"), 2), "adv_insertion"),
-        MISSING if mid is None else _fixed(_num(get_field(retrieval, mid, "value")), 1, 100.0),
-        flags_text(entry, omit_flags),
-    ]
-    na = not_applicable(entry)
-    return [NOT_APPLICABLE if COLUMN_STAGE.get(col) in na else cell
-            for col, cell in zip(COLUMNS, cells)]
-
-
-def _sort_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
-    end = _value(entry, "expl_end")
-    seed = get_field(entry, "seed")
-    return (end is None, end if end is not None else 0.0,
-            str(get_field(entry, "defense", "name")), seed if isinstance(seed, int) else -1)
-
-
-def sort_entries(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Entries by Expl@end ascending (missing last), ties by defense name and seed."""
-    return sorted(entries, key=_sort_key)
-
-
-def group_entries(entries: Iterable[Mapping[str, Any]]
-                  ) -> dict[GroupKey, list[Mapping[str, Any]]]:
-    """Entries grouped by :func:`group_key`, groups in sorted key order, each sorted by
-    :func:`sort_entries`."""
-    groups: dict[GroupKey, list[Mapping[str, Any]]] = {}
-    for e in entries:
-        groups.setdefault(group_key(e), []).append(e)
-    return {k: sort_entries(groups[k]) for k in sorted(groups, key=lambda k: tuple(map(str, k)))}
+    return [escape(get_field(entry, "defense", "name")) + (f" {mark}" if mark else ""),
+            MISSING if seed is None else escape(seed),
+            *(value_cell(c, entry, rps_eps) for c in board_columns()),
+            flags_text(entry, omit_flags)]
 
 
 def heading(key: GroupKey) -> str:
@@ -388,7 +305,7 @@ def _not_applicable_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             seen[(stage, reason)] = None
     notes = []
     for stage, reason in seen:
-        cols = [c.split(" (")[0] for c, s in COLUMN_STAGE.items() if s == stage]
+        cols = [c.header().split(" (")[0] for c in board_columns() if c.stage == stage]
         if not cols:
             continue
         where = f" (columns {', '.join(cols)})"
@@ -405,14 +322,14 @@ def _drop_empty(headers: list[str], rows: list[list[str]], keep: int
 
 
 def table_rows(table: Table) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
-    """(headers, rows of display cells, column alignment) of ``table``: :data:`COLUMNS`
+    """(headers, rows of display cells, column alignment) of ``table``: :func:`table_headers`
     (RPS at the table's eps), a ``source`` column after ``seed`` when the table has reported
     rows; in a table of reported rows only, the columns no row fills are left out."""
     marks, _ = _marks(table)
     omit = ("not_converged",) if _all_not_converged([r.entry for r in table.rows
                                                      if not r.reported]) else ()
-    headers = [rps_column(table.rps_eps) if c == "RPS cos 8/255" else c for c in COLUMNS]
-    align = list(_ALIGN)
+    headers = table_headers(table.rps_eps)
+    align = ["left"] + ["right"] * (len(headers) - 2) + ["left"]
     rows = [row_cells(r.entry, marks.get(i, ""), omit, table.rps_eps)
             for i, r in enumerate(table.rows)]
     if table.has_reported:
@@ -472,17 +389,6 @@ def correlation_blocks(table: Table) -> list[str]:
     return blocks
 
 
-#: (column, metric path, scale, digits) of the intervals view: the numbers the paper's claim
-#: is about, each as "value [low, high]" with its 95% bootstrap interval (PROTOCOL 5.7)
-INTERVAL_COLUMNS: tuple[tuple[str, tuple[str, ...], float, int], ...] = (
-    ("clean acc (%)", ("clean_acc",), 1.0, 2),
-    ("PGD acc (%)", ("pgd_acc",), 1.0, 2),
-    ("Expl@start (x1e-7)", ("expl_start",), 1e7, 0),
-    ("Expl@end (x1e-7)", ("expl_end",), 1e7, 0),
-    ("Insertion (%)", ("insertion",), 1.0, 2),
-)
-
-
 def interval_cell(metric: Any, scale: float, digits: int) -> str:
     """``"value [low, high]"`` of a metric object (``value``, ``ci``), scaled; en dash if
     missing."""
@@ -505,7 +411,8 @@ def _interval_or_printed(metric: Any, scale: float, digits: int) -> str:
 
 
 def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
-    """Per table, :data:`INTERVAL_COLUMNS`: each metric with its 95% bootstrap interval, rows
+    """Per table, the columns of the intervals view (those declaring ``interval_digits``:
+    the numbers the paper's claim is about): each metric with its 95% bootstrap interval, rows
     in the leaderboard's order (a ``source`` column where reported rows sit beside measured
     ones; reported values carry no interval unless the paper printed one), then the
     table's correlation lines. Not-applicable stages print ``n/a``."""
@@ -525,11 +432,12 @@ def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
                    MISSING if seed is None else escape(seed)]
             if t.has_reported:
                 row.append(escape(r.source))
-            cells.append(row + [NOT_APPLICABLE if COLUMN_STAGE.get(col) in na else
-                                _interval_or_printed(get_field(e, "metrics", *path), scale, d)
-                                for col, path, scale, d in INTERVAL_COLUMNS])
+            cells.append(row + [NOT_APPLICABLE if c.stage in na else
+                                _interval_or_printed(c.metric(e, t.rps_eps), c.scale,
+                                                     c.interval_digits or 0)
+                                for c in interval_columns()])
         headers = ["defense", "seed", *(["source"] if t.has_reported else []),
-                   *(c[0] for c in INTERVAL_COLUMNS)]
+                   *(c.header(t.rps_eps) for c in interval_columns())]
         if t.reported_only:
             headers, cells = _drop_empty(headers, cells, keep=1)
         table = tabulate(cells, headers=headers, tablefmt="github", disable_numparse=True)

@@ -15,9 +15,7 @@ from typing import Sequence
 
 import torch
 
-#: relative fall of the mean loss between the 50% and 100% trace points above which an entry
-#: is flagged ``not_converged`` (PROTOCOL 5.2)
-CONVERGENCE_TOLERANCE = 0.05
+from xrbench.protocol import CONVERGENCE_TOLERANCE  # noqa: F401  (declared with the profiles)
 
 
 def trace_key(fraction: float) -> str:

@@ -3,6 +3,7 @@ real evaluation (entry, parameters, per-example file, printed summary)."""
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from pathlib import Path
@@ -58,6 +59,38 @@ def test_the_worked_example_adds_a_metric(sparsity_stage, fixed_checkpoint, tmp_
     gini = res.examples["sparsity/gini"]
     assert gini.shape == (20,) and np.mean(gini.astype(np.float64)) == pytest.approx(s["value"])
     assert "Gini sparsity" in summary_table(e)
+
+    # its column reaches every report with no edit under leaderboard/
+    from xrbench.leaderboard import regress as rg
+    from xrbench.leaderboard.board import board_document, build_board, validate_document
+    from xrbench.leaderboard.html import render_html
+    from xrbench.leaderboard.render import render_markdown
+
+    shown = f"{s['value']:.3f}"
+    board = build_board([e], reported_mode="none")
+    md = render_markdown(board)
+    header = next(line for line in md.splitlines() if line.startswith("| defense"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells.index("Gini sparsity") == cells.index("Retrieval (%)") + 1  # order 95
+    row = next(line for line in md.splitlines() if line.startswith("| normal"))
+    assert [c.strip() for c in row.strip("|").split("|")][cells.index("Gini sparsity")] == shown
+    doc = board_document(board)
+    validate_document(doc)
+    assert {"key": "sparsity", "label": "Gini sparsity", "unit": "share",
+            "display_scale": 1.0} in doc["columns"]
+    assert doc["tables"][0]["rows"][0]["values"]["sparsity"]["value"] == s["value"]
+    page = render_html(board, figures=[[]])
+    assert ">Gini sparsity</th>" in page and f">{shown}</td>" in page
+
+    base = rg.load_side(res.path)[0]
+    moved = rg.Side(base[0].path, json.loads(json.dumps(base[0].entry)),
+                    dict(base[0].arrays))
+    moved.entry["metrics"]["sparsity"]["value"] *= 1.01
+    report = rg.regress(base, [moved], rg.Settings())
+    (check,) = [m for m in report.entries[0].metrics if m.metric == "sparsity"]
+    assert (check.label, check.better, check.verdict, check.failed) == (
+        "Gini sparsity", "", "changed", True)
+    assert "sparsity" in rg.render(report)
 
 
 def test_the_schema_line_of_the_example_is_valid_json():

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from xrbench.leaderboard.analysis import (CORRELATED, MIN_ROWS, Metric, correlate,
+from xrbench.leaderboard.analysis import (MIN_ROWS, Metric, correlate, correlated_metrics,
                                           format_correlation, rps_eps_for, table_correlations)
 
-EXPL_END = next(m for m in CORRELATED if m.key == "expl_end")
+EXPL_END = next(m for m in correlated_metrics() if m.key == "expl_end")
 
 
 def _e(pgd: float | None, expl_end: float | None, **metrics: Any) -> dict[str, Any]:
@@ -112,4 +112,7 @@ def test_rps_eps_is_the_one_every_row_shares() -> None:
     assert rps_eps_for([{"metrics": {"rps": both}}, {"metrics": {"rps": only16}}]) == "16/255"
     assert rps_eps_for([{"metrics": {"rps": both}}]) == "8/255"
     assert rps_eps_for([{"metrics": {}}]) is None
-    assert isinstance(CORRELATED[0], Metric)
+    assert isinstance(correlated_metrics()[0], Metric)
+    # the correlated metrics are the columns that declare it, in column order
+    assert [m.key for m in correlated_metrics()] == [
+        "expl_start", "expl_end", "rps_cosine", "insertion", "adv_insertion", "retrieval"]

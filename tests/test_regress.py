@@ -100,9 +100,8 @@ def test_metric_leaves_names_and_declared_directions():
     assert leaves["clean_acc"].value == entry["metrics"]["clean_acc"]["value"]
     assert leaves["expl_end"].ci == tuple(entry["metrics"]["expl_end"]["ci"])
     decl = rg.declarations(entry)
-    better = {n: decl[id(l.obj)].better for n, l in leaves.items() if l.obj is not None
-              and id(l.obj) in decl}
-    # the stages' own rows (xrbench.stage.Row.better), not a second table
+    better = {n: decl[n].better for n in leaves if n in decl}
+    # the stages' own column declarations (xrbench.columns), not a second table
     assert better["clean_acc"] == better["pgd_acc"] == better["expl_end"] == "higher"
     assert better["expl_start"] == "" and better["rps/cosine/8/255"] == "higher"
 

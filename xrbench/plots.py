@@ -52,17 +52,6 @@ EXPL_SCALE = 1e7  # L_e is printed in units of 1e-7 (PROTOCOL 0, the SEP paper's
 #: the landscape's L_e axis turns logarithmic when its values span more than this factor
 LOG_RATIO = 10.0
 
-#: how the scatter's y axis shows a metric: (axis label, factor), by metric name or prefix
-#: (entries store retrieval rates and class_changed as fractions, the others as printed)
-_AXES: dict[str, tuple[str, float]] = {
-    "clean_acc": ("clean accuracy (%)", 1.0),
-    "pgd_acc": ("PGD accuracy (%)", 1.0),
-    "expl_start": ("Expl@start (x1e-7)", EXPL_SCALE),
-    "expl_end": ("Expl@end (x1e-7)", EXPL_SCALE),
-    "class_changed": ("pairs with changed class (%)", 100.0),
-    "insertion": ("Insertion (%)", 1.0),
-    "adv_insertion": ("Adv-Insertion (%)", 1.0),
-}
 
 RERUN = ("move the entry (and its .examples.npz) aside, or pass another --out, and re-run "
          "`xrbench evaluate` with the same arguments: only the stages added since compute, "
@@ -375,11 +364,17 @@ def metric_object(entry: Mapping[str, Any], name: str) -> Mapping[str, Any] | No
 
 
 def metric_axis(name: str) -> tuple[str, float]:
-    """(axis label, factor from the entry's value to the plotted one) of a metric name."""
-    if name in _AXES:
-        return _AXES[name]
-    if name.startswith("retrieval/"):
-        return f"{name} (%)", 100.0
+    """(axis label, factor from the entry's value to the plotted one) of a metric name, from
+    its column's declaration (:mod:`xrbench.columns`): a plain metric by its summary label
+    and scale (``expl_end`` -> ``Expl@end (x1e-7)``, 1e7), a family's member by its name
+    (``retrieval/relex_adv_mask/0.2 (%)``, 100: rates are stored as shares)."""
+    from .columns import active_columns
+
+    for c in active_columns():
+        if not c.family and "/".join(c.path) == name:
+            return c.summary_label(), c.scale
+        if c.family and name.split("/", 1)[0] == c.path[0]:
+            return (f"{name} (%)" if c.scale == 100.0 else name), c.scale
     return name, 1.0
 
 

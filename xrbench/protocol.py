@@ -23,6 +23,9 @@ if TYPE_CHECKING:  # the profile table must import without torch (xrbench --help
     from .data import DatasetCard
 
 PROTOCOL_VERSION = 2  # 2: SEP L_f in L_e's form, RelEx clean class, 20 insertion ratios
+#: relative fall of the manipulation's mean loss between the 50% and 100% trace points above
+#: which an entry is flagged ``not_converged`` (PROTOCOL 5.2, 6)
+CONVERGENCE_TOLERANCE = 0.05
 CLUSTERS = 10  # k-means k (SEP paper appendix C)
 PAPER_LR_NORMALISED = 2e-4  # Dombrowski reference run_attack.py, in normalised input units
 

@@ -12,7 +12,12 @@ A stage is a small object:
   cached, and kept beside the entry in its per-example file;
 - ``summarize(ctx, out)``: its part of the entry, metric objects with bootstrap intervals and
   flags;
-- ``rows(metrics)``: how the command line prints its metrics;
+- ``columns``: one :class:`~xrbench.columns.Column` per metric it reports (where it sits in
+  the entry, label, unit, scale, digits, better direction, whether it is a leaderboard
+  column and enters the correlations): the summary, every leaderboard format, the plots and
+  ``xrbench regress`` read this one declaration;
+- ``rows(metrics)``: how the command line prints its metrics (by default one row per number
+  of each column);
 - shardable stages (``shard_unit`` "images" or "pairs") also have ``run_shard(ctx, lo, hi)``,
   the output over items lo .. hi - 1 (each item's result independent of the others), and
   ``merge(ctx, parts)``, which concatenates shard outputs in item order into exactly what
@@ -34,6 +39,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from .columns import Column, instances
 from .runtime import ProtocolCall, RunContext
 
 log = logging.getLogger("xrbench.api")  # the per-stage lines the CLI shows in a log
@@ -97,6 +103,8 @@ class Stage:
     differentiates: ClassVar[str] = ""
     #: what a shard of the stage covers ("images", "pairs"); "" = the stage runs whole
     shard_unit: ClassVar[str] = ""
+    #: the metrics it reports, declared once (:mod:`xrbench.columns`)
+    columns: ClassVar[tuple[Column, ...]] = ()
 
     def applicable(self, ctx: RunContext) -> str | None:
         """None when the stage can run in ``ctx``; else the reason it cannot, one sentence for
@@ -130,7 +138,9 @@ class Stage:
         return Summary(metric_tree(ctx, self.examples(out, ctx.card.grey)))
 
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return []
+        """The summary's rows: per column, one row per number of it in ``metrics`` (a plain
+        column always has its row, missing or not; a family one per member)."""
+        return column_rows(self.columns, metrics)
 
     def execute(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
         """``run(ctx)``, or its cached output for the same inputs and parameters."""
@@ -173,10 +183,18 @@ def eps_key(eps: float, decimal: bool) -> str:
     return f"{eps:g}"
 
 
-def per_eps_rows(prefix: str, per: dict[str, Any], unit: str, scale: float, digits: int,
-                  better: str, meaning: str) -> list[Row]:
-    return [Row(f"{prefix} @ {eps}{unit}", v, scale, digits, better, meaning)
-            for eps, v in per.items()]
+def column_rows(columns: Sequence[Column], metrics: dict[str, Any]) -> list[Row]:
+    """The summary rows of ``columns`` over an entry's ``metrics`` (:meth:`Stage.rows`)."""
+    rows = []
+    for c in columns:
+        found = instances(metrics, c)
+        if not found and not c.family:
+            found = [(c.path, (), None)]
+        for _path, parts, obj in found:
+            metric = {"value": obj, "ci": None} if c.number else obj
+            rows.append(Row(c.summary_label(parts), metric, c.scale, c.digits, c.better,
+                            c.meaning_of(parts)))
+    return rows
 
 
 @dataclass

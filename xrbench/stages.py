@@ -8,14 +8,16 @@ add it to :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.js
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, ClassVar
 
 import torch
 
+from .columns import MIDDLE, TABLE_EPS, WILDCARD, Column
 from .runtime import ProtocolCall, RunContext, require_differentiable, stage_seed
-from .stage import Example, Row, Stage, Summary, eps_key, metric_tree, per_eps_rows
+from .stage import Example, Row, Stage, Summary, eps_key, metric_tree
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,14 @@ class Accuracy(Stage):
         return Summary(metrics,
                        {"degenerate": (metrics["clean_acc"]["value"] or 0.0) < 2 * chance})
 
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return [Row("clean accuracy (%)", metrics.get("clean_acc"), 1.0, 2, "higher",
-                    "test images classified correctly"),
-                Row("PGD accuracy (%)", metrics.get("pgd_acc"), 1.0, 2, "higher",
-                    "still correct under an L-inf PGD attack (prediction robustness)")]
+    columns = (
+        Column("clean_acc", ("clean_acc",), "clean acc (%)", "percent", "accuracy",
+               digits=2, better="higher", summary="clean accuracy (%)", interval_digits=2,
+               order=10, meaning="test images classified correctly"),
+        Column("pgd_acc", ("pgd_acc",), "PGD acc (%)", "percent", "accuracy", digits=2,
+               better="higher", summary="PGD accuracy (%)", interval_digits=2, order=20,
+               meaning="still correct under an L-inf PGD attack (prediction robustness)"),
+    )
 
 
 # --- 5.3 RPS ----------------------------------------------------------------------------------
@@ -95,10 +100,12 @@ class RPS(Stage):
         return {("rps", sim, e): Example(v) for sim, per in out.items()
                 if not sim.startswith("_") for e, v in per.items()}
 
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return [row for sim, per in (metrics.get("rps") or {}).items()
-                for row in per_eps_rows(f"RPS {sim}", per, "", 1.0, 3, "higher",
-                                         "map similarity under uniform noise of radius eps")]
+    columns = (
+        Column("rps_cosine", ("rps", WILDCARD, WILDCARD), "RPS cos", "similarity", "rps",
+               digits=3, better="higher", summary="RPS {0} @ {1}", short="RPS cos",
+               pick=("cosine", TABLE_EPS), correlated=True, order=60,
+               meaning="map similarity under uniform noise of radius eps"),
+    )
 
 
 # --- 5.4 Insertion and Adv-Insertion -----------------------------------------------------------
@@ -144,9 +151,13 @@ class Insertion(Stage):
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("insertion",): Example(out["scores"])}
 
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return [Row("Insertion (%)", metrics.get("insertion"), 1.0, 2, "higher",
-                    "class probability as the map's top pixels are put back (faithfulness)")]
+    columns = (
+        Column("insertion", ("insertion",), "Insertion (%)", "percent", "insertion",
+               digits=2, better="higher", short="Insertion", correlated=True,
+               interval_digits=2, order=70,
+               meaning="class probability as the map's top pixels are put back "
+                       "(faithfulness)"),
+    )
 
 
 class AdvInsertion(Stage):
@@ -181,9 +192,13 @@ class AdvInsertion(Stage):
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("adv_insertion",): Example(out["scores"])}
 
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return [Row("Adv-Insertion (%)", metrics.get("adv_insertion"), 1.0, 2, "higher",
-                    "Insertion in the order of a map pushed to a frame by a small attack")]
+    columns = (
+        Column("adv_insertion", ("adv_insertion",), "Adv-Ins. (%)", "percent",
+               "adv_insertion", digits=2, better="higher", summary="Adv-Insertion (%)",
+               short="Adv-Ins.", correlated=True, order=80,
+               meaning="Insertion in the order of a map pushed to a frame by a small "
+                       "attack"),
+    )
 
 
 # --- 5.5 class retrieval -----------------------------------------------------------------------
@@ -249,10 +264,13 @@ class Retrieval(Stage):
                 Example(out["hits"][kind][i].float())
                 for kind in RETRIEVAL_KINDS for i, e in enumerate(out["eps"])}
 
-    def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        return [row for kind, per in (metrics.get("retrieval") or {}).items()
-                for row in per_eps_rows(f"retrieval {kind}", per, " (%)", 100.0, 1, "higher",
-                                         RETRIEVAL_MEANINGS.get(kind, ""))]
+    columns = (
+        Column("retrieval", ("retrieval", WILDCARD, WILDCARD), "Retrieval (%)", "share",
+               "retrieval", scale=100.0, digits=1, better="higher",
+               summary="retrieval {0} @ {1} (%)", short="Retrieval",
+               pick=("relex_adv_mask", MIDDLE), correlated=True, order=90,
+               meaning=RETRIEVAL_MEANINGS),
+    )
 
 
 # --- 5.6 loss landscape ------------------------------------------------------------------------
@@ -313,6 +331,18 @@ class Landscape(Stage):
 
 
 # --- 5.2 targeted explanation manipulation (last: the longest) -----------------------------------
+
+def legacy_loss_fall(entry: dict[str, Any]) -> float | None:
+    """The manipulation's loss fall over its second half for entries written before
+    ``manipulation_loss.second_half_fall`` was recorded: ``(at_50 - at_100) / at_50``."""
+    loss = (entry.get("metrics") or {}).get("manipulation_loss")
+    if not isinstance(loss, dict):
+        return None
+    half, full = loss.get("at_50"), loss.get("at_100")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (half, full)):
+        return None
+    return (half - full) / half if half > 0 else 0.0
+
 
 class Manipulation(Stage):
     """The Dombrowski et al. attack on every ordered pair, resumable chunk by chunk."""
@@ -393,19 +423,32 @@ class Manipulation(Stage):
                 ("expl_end",): Example(out["expl_end"], victims, median=True),
                 ("class_changed",): Example(out["class_changed"].float(), victims)}
 
+    columns = (
+        Column("expl_start", ("expl_start",), "Expl@start (x1e-7)", "L_e", "manipulation",
+               scale=1e7, digits=1, style="expl", interval_digits=0, short="Expl@start",
+               correlated=True, order=30,
+               meaning="L_e between victim and target maps before the attack"),
+        Column("expl_end", ("expl_end",), "Expl@end (x1e-7)", "L_e", "manipulation",
+               scale=1e7, digits=1, better="higher", style="expl", interval_digits=0,
+               short="Expl@end", correlated=True, order=40,
+               meaning="L_e left after the targeted manipulation (explanation robustness)"),
+        Column("class_changed", ("class_changed",), "pairs with changed class (%)", "share",
+               "manipulation", scale=100.0, digits=1, board=False,
+               meaning="the manipulation changed the prediction (it should not)"),
+        Column("loss_fall_2nd_half", ("manipulation_loss", "second_half_fall"),
+               "Loss fall 2nd half (%)", "share", "manipulation", scale=100.0, digits=1,
+               summary="loss fall, 2nd half (%)", number=True, fallback=legacy_loss_fall,
+               order=50, meaning="how much the attack's mean loss still fell over its last "
+                                 "half"),
+    )
+
     def rows(self, metrics: dict[str, Any]) -> list[Row]:
-        loss = metrics.get("manipulation_loss") or {}
-        tol = loss.get("tolerance")
-        return [Row("Expl@start (x1e-7)", metrics.get("expl_start"), 1e7, 1, "",
-                    "L_e between victim and target maps before the attack"),
-                Row("Expl@end (x1e-7)", metrics.get("expl_end"), 1e7, 1, "higher",
-                    "L_e left after the targeted manipulation (explanation robustness)"),
-                Row("pairs with changed class (%)", metrics.get("class_changed"), 100.0, 1,
-                    "", "the manipulation changed the prediction (it should not)"),
-                Row("loss fall, 2nd half (%)",
-                    {"value": loss.get("second_half_fall"), "ci": None}, 100.0, 1, "",
-                    "how much the attack's mean loss still fell over its last half"
-                    + (f" (not_converged above {100 * tol:g}%)" if tol is not None else ""))]
+        tol = (metrics.get("manipulation_loss") or {}).get("tolerance")
+        rows = super().rows(metrics)
+        if tol is not None:  # the threshold the entry records
+            rows[-1] = dataclasses.replace(
+                rows[-1], meaning=f"{rows[-1].meaning} (not_converged above {100 * tol:g}%)")
+        return rows
 
 
 class _ChunkCache:
