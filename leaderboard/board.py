@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from xrbench.columns import board_columns, correlated_columns, number
+from xrbench.identity import TableKey, table_key
 
 from .analysis import (LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet, rps_eps_for,
                        table_correlations)
@@ -50,18 +51,6 @@ REPORTED_MODES: tuple[str, ...] = ("all", "beside", "none")
 DOCUMENT_FORMAT = "xrbench-leaderboard"
 DOCUMENT_VERSION = 1  # leaderboard-schema.json's format_version
 
-#: (dataset, model, explainer, profile, protocol version); the version is None for a table
-#: of reported rows only
-TableKey = tuple[str, str, str, str, Any]
-
-
-
-def table_key(entry: Mapping[str, Any]) -> TableKey:
-    """(dataset, model, explainer, profile, protocol version) of an entry (the version is
-    None for a reported entry)."""
-    return (str(_get(entry, "dataset", "name")), str(_get(entry, "model", "name")),
-            str(_get(entry, "explainer", "name")), str(_get(entry, "protocol", "profile")),
-            _get(entry, "protocol", "version"))
 
 
 @dataclass

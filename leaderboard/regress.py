@@ -60,6 +60,7 @@ import numpy as np
 
 from xrbench.columns import number as _num
 from xrbench.errors import XRBenchError
+from xrbench.identity import SAME_EXAMPLES, EntryKey, entry_key, first_difference, key_text
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ SPREAD_FOLDER = "spread"
 #: verdicts, in the order a summary counts them
 VERDICTS = ("ok", "regressed", "improved", "changed", "missing", "new", "no band")
 
-Key = tuple[str, str, str, str, str, int]
+Key = EntryKey
 
 
 # --- tolerances -------------------------------------------------------------------------------
@@ -410,20 +411,6 @@ class Side:
     arrays: dict[str, np.ndarray] | None = None
 
 
-def entry_key(entry: Mapping[str, Any]) -> Key:
-    """(dataset, model, explainer, profile, defense, seed): what makes two entries the
-    'same' entry of a baseline."""
-    try:
-        return (entry["dataset"]["name"], entry["model"]["name"], entry["explainer"]["name"],
-                entry["protocol"]["profile"], entry["defense"]["name"], int(entry["seed"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise XRBenchError(f"entry lacks {exc}; is it a result entry?") from None
-
-
-def key_text(key: Key) -> str:
-    return f"{'/'.join(key[:4])}/{key[4]}-s{key[5]}"
-
-
 @dataclass
 class EntryCheck:
     """The outcome for one entry: ``status`` is ``compared``, ``missing`` (only in the
@@ -453,14 +440,15 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def comparable(base: Mapping[str, Any], cur: Mapping[str, Any], mode: str) -> str | None:
     """None when the two entries may be compared in ``mode``; else why not (one sentence)."""
-    from xrbench.leaderboard.render import get_field
+    from xrbench.columns import get_field
 
-    for path, what in ((("protocol", "version"), "protocol version"),
-                       (("subset", "manifest_sha256"), "subset manifest")):
-        a, b = get_field(base, *path), get_field(cur, *path)
-        if a != b:
-            return (f"{what} differs ({a!s:.16} in the baseline, {b!s:.16} now): their numbers "
-                    "are not comparable; refresh the baseline (--update) in a reviewed commit")
+    diff = first_difference(base, cur, SAME_EXAMPLES)
+    if diff is not None:
+        what = {"protocol.version": "protocol version",
+                "subset.manifest_sha256": "subset manifest"}[diff[0]]
+        return (f"{what} differs ({diff[1]!s:.16} in the baseline, {diff[2]!s:.16} now): their "
+                "numbers are not comparable; refresh the baseline (--update) in a reviewed "
+                "commit")
     if mode == "scoring":
         a, b = get_field(base, "checkpoint", "sha256"), get_field(cur, "checkpoint", "sha256")
         if a != b:

@@ -38,6 +38,7 @@ from tabulate import tabulate
 from xrbench.columns import (Column, board_columns, eps_value, format_value, interval_columns,
                              middle_key)
 from xrbench.columns import number as _num
+from xrbench.identity import TableKey, table_key
 from xrbench.protocol import CONVERGENCE_TOLERANCE  # entries record their own (manipulation_loss)
 
 from .board import Board, Duplicate, Table, build_board  # board imports render lazily
@@ -56,7 +57,8 @@ def table_headers(rps_eps: str | None = "8/255") -> list[str]:
     (:func:`xrbench.columns.board_columns`, RPS at ``rps_eps``), flags."""
     return ["defense", "seed", *(c.header(rps_eps) for c in board_columns()), "flags"]
 
-GroupKey = tuple[str, str, str, str, Any]
+GroupKey = TableKey
+group_key = table_key  # (dataset, model, explainer, profile, protocol version) of an entry
 
 
 def escape(text: Any) -> str:
@@ -64,13 +66,6 @@ def escape(text: Any) -> str:
     ``<`` and ``>`` as HTML entities (markdown viewers render inline HTML, so a defense called
     ``<script>`` must stay text), pipes escaped, line breaks turned into spaces."""
     return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
-
-
-def group_key(entry: Mapping[str, Any]) -> GroupKey:
-    """(dataset, model, explainer, profile, protocol version) of an entry."""
-    return (str(get_field(entry, "dataset", "name")), str(get_field(entry, "model", "name")),
-            str(get_field(entry, "explainer", "name")),
-            str(get_field(entry, "protocol", "profile")), get_field(entry, "protocol", "version"))
 
 
 def _value(entry: Mapping[str, Any], *keys: str) -> float | None:

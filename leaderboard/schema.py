@@ -281,14 +281,15 @@ def safe_component(name: str, max_len: int = 80) -> str:
 def entry_path(out_dir: str | os.PathLike[str], entry: dict[str, Any]) -> Path:
     """``out_dir/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, each name
     made safe by :func:`safe_component`."""
+    from xrbench.identity import entry_key
+
     try:
-        parts = [entry["dataset"]["name"], entry["model"]["name"], entry["explainer"]["name"],
-                 entry["protocol"]["profile"]]
-        leaf = f"{safe_component(entry['defense']['name'])}-s{int(entry['seed'])}.json"
-    except (KeyError, TypeError, ValueError) as exc:
-        raise XRBenchError(f"cannot place entry in {out_dir}: missing or bad field {exc}; "
-                           "validate it with validate_entry first") from exc
-    return Path(out_dir).joinpath(*(safe_component(p) for p in parts), leaf)
+        *parts, defense, seed = entry_key(entry)
+    except XRBenchError as exc:
+        raise XRBenchError(f"cannot place entry in {out_dir}: {exc}; validate it with "
+                           "validate_entry first") from None
+    return Path(out_dir).joinpath(*(safe_component(str(p)) for p in parts),
+                                  f"{safe_component(defense)}-s{seed}.json")
 
 
 def load_entries(results_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:

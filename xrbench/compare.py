@@ -20,12 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .columns import get_field
 from .errors import XRBenchError
-from .leaderboard.render import get_field
+from .identity import SAME_EXAMPLES, first_difference
 
-#: entry fields that must agree for two entries to be compared example by example
-SAME = (("dataset", "name"), ("protocol", "version"), ("protocol", "profile"),
-        ("subset", "manifest_sha256"), ("seed",))
+#: entry fields that must agree for two entries to be compared example by example: the same
+#: examples (protocol, subset manifest), and the same dataset, profile and seed
+SAME = (("dataset", "name"), *SAME_EXAMPLES[:1], ("protocol", "profile"), *SAME_EXAMPLES[1:],
+        ("seed",))
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,11 @@ class Difference:
 def check_comparable(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Raise :class:`XRBenchError` unless the two entries share dataset, protocol version,
     profile, subset manifest and seed (so their examples line up one to one)."""
-    for path in SAME:
-        va, vb = get_field(a, *path), get_field(b, *path)
-        if va != vb:
-            raise XRBenchError(f"not comparable: {'.'.join(path)} is {va!r} in A and {vb!r} in "
-                               "B; compare entries scored on the same subset, profile, "
-                               "protocol version and seed")
+    diff = first_difference(a, b, SAME)
+    if diff is not None:
+        raise XRBenchError(f"not comparable: {diff[0]} is {diff[1]!r} in A and {diff[2]!r} in "
+                           "B; compare entries scored on the same subset, profile, "
+                           "protocol version and seed")
 
 
 def stage_outputs(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:

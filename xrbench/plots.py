@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from .errors import XRBenchError
+from .identity import TABLE_FIELD_NAMES, entry_name, table_key
 from .utils import atomic_write_bytes
 from .leaderboard.fields import get_field as _get
 
@@ -61,28 +62,13 @@ RERUN = ("move the entry (and its .examples.npz) aside, or pass another --out, a
 # --- helpers --------------------------------------------------------------------------------
 
 
-def entry_name(entry: Mapping[str, Any]) -> str:
-    """``"mat-s0 (digits / convnet / grad_x_input / quick)"``: how errors name an entry."""
-    return (f"{_get(entry, 'defense', 'name')}-s{_get(entry, 'seed')} "
-            f"({_get(entry, 'dataset', 'name')} / {_get(entry, 'model', 'name')} / "
-            f"{_get(entry, 'explainer', 'name')} / {_get(entry, 'protocol', 'profile')})")
-
-
-def table_key(entry: Mapping[str, Any]) -> tuple[Any, ...]:
-    """(dataset, model, explainer, profile, protocol version): the leaderboard table of an
-    entry (PROTOCOL 8)."""
-    return (_get(entry, "dataset", "name"), _get(entry, "model", "name"),
-            _get(entry, "explainer", "name"), _get(entry, "protocol", "profile"),
-            _get(entry, "protocol", "version"))
-
-
 def check_one_table(entries: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
     """The shared table key of ``entries``; an :class:`XRBenchError` when there are none or
     two of them belong to different tables (their numbers are not comparable)."""
     if not entries:
         raise XRBenchError("no entries to plot; pass entry JSON files or folders of them")
     first = table_key(entries[0])
-    names = ("dataset", "model", "explainer", "profile", "protocol version")
+    names = TABLE_FIELD_NAMES
     for e in entries[1:]:
         key = table_key(e)
         if key != first:
