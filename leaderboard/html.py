@@ -22,6 +22,7 @@ import base64
 import hashlib
 import html
 import logging
+from importlib import resources
 from typing import Any, Mapping, Sequence
 
 from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
@@ -35,65 +36,16 @@ _log = logging.getLogger(__name__)
 
 Figure = tuple[str, bytes]  # (caption, PNG bytes)
 
-_STYLE = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
-max-width:84rem;padding:0 1rem;color:#1b1b1b;background:#fff}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin:2.2rem 0 .6rem;
-border-bottom:1px solid #ddd;padding-bottom:.2rem}
-.meta,.notes,figcaption{color:#444;font-size:.9rem}
-table.lb{border-collapse:collapse;font-variant-numeric:tabular-nums;margin:.4rem 0;
-font-size:.92rem}
-table.lb th,table.lb td{border:1px solid #d0d0d0;padding:.25rem .55rem;vertical-align:top}
-table.lb th{background:#f2f4f7;cursor:pointer;user-select:none;white-space:nowrap}
-table.lb th[aria-sort=ascending]::after{content:" \\25B2"}
-table.lb th[aria-sort=descending]::after{content:" \\25BC"}
-table.lb td.num{text-align:right}table.lb tr.reported td{background:#fff8e6}
-table.lb .ci{display:block;color:#666;font-size:.8em}
-.badge{display:inline-block;font-size:.78em;padding:0 .35em;border-radius:.25em;
-background:#e8eefc;color:#1d3d8f}.badge.rep{background:#ffe7b3;color:#6b4500}
-.corr{background:#f7f7f9;border-left:3px solid #8a9bd1;padding:.4rem .8rem;margin:.6rem 0}
-.corr table{border-collapse:collapse}.corr td,.corr th{padding:.1rem .6rem;text-align:left}
-.warn{background:#fff1f0;border-left:3px solid #d9534f;padding:.4rem .8rem}
-figure{margin:.8rem 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-nav ul{columns:2;font-size:.9rem}.wide{overflow-x:auto}
-"""
+def _static(name: str) -> str:
+    """A file of the page's style or script, shipped as package data (``static/``)."""
+    return resources.files("xrbench.leaderboard").joinpath("static", name).read_text("utf-8")
 
-# Sorts a table's body by the clicked header's column: numbers by their data-v attribute,
-# text by its content; rows without a value last in both directions.
-_SCRIPT = """
-(function () {
-  function key(td, numeric) {
-    if (!td) { return null; }
-    if (numeric) {
-      var v = td.getAttribute("data-v");
-      return v === null || v === "" ? null : parseFloat(v);
-    }
-    return td.textContent.trim().toLowerCase();
-  }
-  function sortBy(th) {
-    var table = th.closest("table"), body = table.tBodies[0];
-    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var numeric = th.getAttribute("data-type") === "num";
-    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
-    Array.prototype.forEach.call(th.parentNode.children, function (h) {
-      h.removeAttribute("aria-sort");
-    });
-    th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.sort(function (a, b) {
-      var x = key(a.cells[col], numeric), y = key(b.cells[col], numeric);
-      if (x === null && y === null) { return 0; }
-      if (x === null) { return 1; }
-      if (y === null) { return -1; }
-      return (x < y ? -1 : x > y ? 1 : 0) * dir;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-  }
-  document.querySelectorAll("table.lb th").forEach(function (th) {
-    th.addEventListener("click", function () { sortBy(th); });
-  });
-})();
-"""
+
+#: the page's style sheet and its one script (sorting a table by a clicked header), inline in
+#: the page; the script's sha256 is the Content-Security-Policy's only script source
+_STYLE = "\n" + _static("leaderboard.css")
+_SCRIPT = "\n" + "".join(line for line in _static("sort-columns.js").splitlines(True)
+                         if not line.startswith("//"))
 
 
 def _e(text: Any) -> str:
