@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from xrbench.chunking import chunk_slices
 from xrbench.explainers import expl_loss, sum_map
 from xrbench.inference import DoubleBackwardSoftplus, frozen_inference_copy
 
@@ -323,8 +324,8 @@ def manipulate_pairs(
     bar = tqdm(total=len(pairs), unit="pair", desc="manipulation", disable=not progress,
                dynamic_ncols=True)
     try:
-        for k, start in enumerate(range(0, len(pairs), pair_batch), start=first_chunk):
-            idx = pairs[start:start + pair_batch]
+        for k, chunk in enumerate(chunk_slices(len(pairs), pair_batch), start=first_chunk):
+            idx = pairs[chunk]
             res = chunk_store.load(k, idx) if chunk_store is not None else None
             if res is None:
                 res = manipulate(model, explainer, images[idx[:, 0]].to(device),

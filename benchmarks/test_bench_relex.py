@@ -25,12 +25,12 @@ import torch
 
 import xrbench  # noqa: F401
 from xrbench import keyed_random
+from xrbench.chunking import RELEX_PIXELS, chunk_slices, rows_per_chunk
 from xrbench.data import load_dataset
 from xrbench.explainers import split_model
 from xrbench.inference import frozen_inference_copy
-from xrbench.metrics.retrieval import RELEX_BATCH_PIXELS, STREAM_RELEX, predict, relex_mask
+from xrbench.metrics.retrieval import STREAM_RELEX, predict, relex_mask
 from xrbench.models import create_model
-from xrbench.utils import rows_per_chunk
 
 from benchutil import pick
 
@@ -90,12 +90,12 @@ def _network_floor(s, samples: int) -> None:
     model, x, c, _ = s
     net, _, _ = split_model(frozen_inference_copy(model, double_backward=False,
                                                   channels_last=True))
-    per_chunk = max(1, rows_per_chunk(x, RELEX_BATCH_PIXELS["cpu"]) // (2 * samples))
+    per_chunk = rows_per_chunk(x, RELEX_PIXELS["cpu"], expand=2 * samples)
     for _ in range(ITERATIONS):
-        for i in range(0, len(x), per_chunk):
-            rows = x[i:i + per_chunk].repeat(2 * samples, 1, 1, 1).requires_grad_(True)
+        for s in chunk_slices(len(x), per_chunk):
+            rows = x[s].repeat(2 * samples, 1, 1, 1).requires_grad_(True)
             log_p = torch.log_softmax(net(rows), dim=1)
-            picked = log_p.gather(1, c[i:i + per_chunk].repeat(2 * samples).view(-1, 1))
+            picked = log_p.gather(1, c[s].repeat(2 * samples).view(-1, 1))
             torch.autograd.grad(picked.sum(), rows)
 
 

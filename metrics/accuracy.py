@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xrbench.attacks.pgd import eval_mode, pgd, pgd_step_size
+from xrbench.chunking import chunk_slices
 from xrbench.data import ImageSplit
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def accuracy_under_pgd(
         step_size = pgd_step_size(eps, steps)
     clean, robust = [], []
     with eval_mode(model):
-        for start in tqdm(range(0, len(indices), batch_size), desc="pgd", disable=not progress):
-            x, y = split.get_batch(indices[start:start + batch_size])
+        for s in tqdm(chunk_slices(len(indices), batch_size), desc="pgd", disable=not progress):
+            x, y = split.get_batch(indices[s])
             x, y = x.to(device), y.to(device)
             with torch.no_grad():
                 clean.append((model(x).argmax(dim=1) == y).cpu())

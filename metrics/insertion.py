@@ -37,6 +37,7 @@ from torch import nn
 
 from xrbench.attacks.frame import FRAME_ITERATIONS, frame_manipulation
 from xrbench.attacks.pgd import eval_mode
+from xrbench.chunking import chunk_rows, chunk_slices, map_chunks
 from xrbench.explainers import max_map, split_model
 from xrbench.utils import model_device
 
@@ -82,20 +83,19 @@ def insertion_curve(
     _, mean, _ = split_model(model)
     counts = torch.tensor(kept_counts(ratios, h.shape[-2] * h.shape[-1]), device=device)
     r = len(counts)
-    per_chunk = max(1, batch_size // r)
     out = torch.empty(x.shape[0], r, device=x.device)
     with eval_mode(model), torch.no_grad():
-        for start in range(0, x.shape[0], per_chunk):
-            xc = x[start:start + per_chunk].to(device)
-            yc = y[start:start + per_chunk].to(device)
+        for s in chunk_slices(x.shape[0], chunk_rows(batch_size, r)):  # R rows per image
+            xc = x[s].to(device)
+            yc = y[s].to(device)
             m = xc.shape[0]
-            ranks = insertion_ranks(h[start:start + per_chunk].to(device))        # (m, HW)
+            ranks = insertion_ranks(h[s].to(device))                              # (m, HW)
             keep = (ranks.unsqueeze(0) < counts.view(-1, 1, 1)).view(r, m, 1, *xc.shape[-2:])
             fill = torch.as_tensor(mean, dtype=xc.dtype, device=device).expand_as(xc)
             x_ins = torch.where(keep, xc.unsqueeze(0), fill.unsqueeze(0))         # (R, m, ...)
             prob = F.softmax(model(x_ins.flatten(0, 1)).float(), dim=1)
             p_y = prob.gather(1, yc.repeat(r).view(-1, 1)).view(r, m)
-            out[start:start + m] = p_y.t().to(x.device)
+            out[s] = p_y.t().to(x.device)
     return out
 
 
@@ -114,9 +114,9 @@ def insertion_curves(
     The Insertion score is ``100 * curves.mean(1)`` (:func:`insertion`)."""
     device = model_device(model, x.device)
     with eval_mode(model):
-        h = torch.cat([max_map(explainer(model, x[s:s + batch_size].to(device),
-                                         y[s:s + batch_size].to(device))).detach()
-                       for s in range(0, x.shape[0], batch_size)])
+        h = map_chunks(lambda xc, yc: max_map(explainer(model, xc.to(device),
+                                                        yc.to(device))).detach(),
+                       x, y, rows=batch_size)
     return insertion_curve(model, x, y, h, ratios=ratios, batch_size=batch_size)
 
 
@@ -161,14 +161,15 @@ def adv_insertion_curves(
     model.
     """
     device = model_device(model, x.device)
-    maps = []
+
+    def adv_map(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+        xc, yc = xc.to(device), yc.to(device)
+        x_adv = frame_manipulation(model, explainer, xc, yc, eps=eps, iterations=iterations,
+                                   lr=lr)
+        return max_map(explainer(model, x_adv, yc)).detach()
+
     with eval_mode(model):
-        for s in range(0, x.shape[0], attack_batch):
-            xc, yc = x[s:s + attack_batch].to(device), y[s:s + attack_batch].to(device)
-            x_adv = frame_manipulation(model, explainer, xc, yc, eps=eps,
-                                       iterations=iterations, lr=lr)
-            maps.append(max_map(explainer(model, x_adv, yc)).detach())
-    h_adv = torch.cat(maps)
+        h_adv = map_chunks(adv_map, x, y, rows=attack_batch)
     return insertion_curve(model, x, y, h_adv, ratios=ratios, batch_size=batch_size)
 
 

@@ -27,7 +27,8 @@ from torch import nn
 
 from xrbench.attacks.pgd import eval_mode
 from xrbench.explainers import expl_loss, sum_map
-from xrbench.utils import rows_per_chunk
+from xrbench.chunking import (LANDSCAPE_FORWARD_FACTOR, LANDSCAPE_PIXELS, chunk_pixels,
+                              chunk_slices, map_chunks, rows_per_chunk)
 
 from .retrieval import predict
 
@@ -35,20 +36,24 @@ log = logging.getLogger(__name__)
 
 Explainer = Callable[..., torch.Tensor]
 
-MAX_BATCH_PIXELS = 2 ** 17  # rows x C x H x W per explainer call (explainers such as IG
-# expand the batch 30x); bounds memory, never results. Forward-only CE calls take 16x that.
-
 
 def _as_gammas(gammas: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(gammas, dtype=like.dtype, device=like.device).flatten()
 
 
+def _pixels(max_batch_pixels: int | None, like: torch.Tensor) -> int:
+    """The explainer calls' pixel budget: ``max_batch_pixels``, default
+    :data:`~xrbench.chunking.LANDSCAPE_PIXELS` for ``like``'s device."""
+    if max_batch_pixels is None:
+        return chunk_pixels(LANDSCAPE_PIXELS, like.device)
+    return max_batch_pixels
+
+
 def _maps(model: nn.Module, explainer: Explainer, x: torch.Tensor, c: torch.Tensor,
           max_batch_pixels: int) -> torch.Tensor:
     """sum_map of the explanation of x (n, C, H, W) for classes c (n,), chunked: (n, H, W)."""
-    rows = rows_per_chunk(x, max_batch_pixels)
-    return torch.cat([sum_map(explainer(model, x[i:i + rows], c[i:i + rows]).detach())
-                      for i in range(0, len(x), rows)])
+    return map_chunks(lambda xc, cc: sum_map(explainer(model, xc, cc).detach()), x, c,
+                      rows=rows_per_chunk(x, max_batch_pixels))
 
 
 def explanation_landscape_pairs(
@@ -60,7 +65,7 @@ def explanation_landscape_pairs(
     *,
     generator: torch.Generator | None = None,
     clamp: bool = False,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> torch.Tensor:
     """Per-pair explanation landscape ``L_e(x_v + gamma * d_p, x_t)``: (G, P).
 
@@ -68,9 +73,12 @@ def explanation_landscape_pairs(
     images; gammas: (G,) in pixel units (gamma = 0 gives the unperturbed L_e, the attack's
     Expl@start); d_p ~ N(0, I) shaped like an image, one per pair, drawn in pair order from
     ``generator``. L_e = mean over pixels of the squared difference of sum_maps (PROTOCOL 0).
-    All G * P perturbed victims are explained in chunks of rows (no per-pair loop).
+    All G * P perturbed victims are explained in chunks of ``max_batch_pixels`` input values
+    (default :data:`~xrbench.chunking.LANDSCAPE_PIXELS` for the device; no per-pair loop);
+    predictions take :data:`~xrbench.chunking.LANDSCAPE_FORWARD_FACTOR` times as many.
     """
     images = images.detach()
+    max_batch_pixels = _pixels(max_batch_pixels, images)
     pairs = torch.as_tensor(pairs, dtype=torch.long, device=images.device)
     g = _as_gammas(gammas, images)
     n_pairs = pairs.shape[0]
@@ -79,21 +87,20 @@ def explanation_landscape_pairs(
     out = torch.empty(g.numel() * n_pairs, device=images.device, dtype=images.dtype)
     log.info("explanation landscape: %d pairs x %d gammas", n_pairs, g.numel())
     with eval_mode(model):
-        pred = predict(model, images, 16 * max_batch_pixels)
+        pred = predict(model, images, LANDSCAPE_FORWARD_FACTOR * max_batch_pixels)
         used = torch.unique(pairs)
         target_maps = torch.zeros((len(images), *images.shape[2:]), device=images.device,
                                   dtype=images.dtype)
         target_maps[used] = _maps(model, explainer, images[used], pred[used], max_batch_pixels)
-        rows = rows_per_chunk(images, max_batch_pixels)
-        for start in range(0, out.numel(), rows):
-            r = torch.arange(start, min(start + rows, out.numel()), device=images.device)
+        for s in chunk_slices(out.numel(), rows_per_chunk(images, max_batch_pixels)):
+            r = torch.arange(s.start, s.stop, device=images.device)
             gi, pi = r // n_pairs, r % n_pairs  # row r = (gamma gi, pair pi)
             v, t = pairs[pi, 0], pairs[pi, 1]
             x_pert = images[v] + g[gi].view(-1, 1, 1, 1) * d[pi]
             if clamp:
                 x_pert = x_pert.clamp(0, 1)
             maps = sum_map(explainer(model, x_pert, pred[v]).detach())
-            out[start:start + len(r)] = expl_loss(maps, target_maps[t])
+            out[s] = expl_loss(maps, target_maps[t])
     return out.view(g.numel(), n_pairs)
 
 
@@ -106,7 +113,7 @@ def explanation_landscape(
     *,
     generator: torch.Generator | None = None,
     clamp: bool = False,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> torch.Tensor:
     """SEP paper eq. 5 averaged over pairs: (G,) mean L_e per gamma (see
     :func:`explanation_landscape_pairs` for shapes and choices)."""
@@ -124,27 +131,30 @@ def ce_landscape_per_image(
     *,
     generator: torch.Generator | None = None,
     clamp: bool = False,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> torch.Tensor:
     """Per-image cross-entropy landscape ``CE(f(x + gamma * d_i), y_i)``: (G, N), in nats.
 
     x: (N, C, H, W) pixels in [0, 1]; y: int64 (N,) labels; d_i ~ N(0, I) one per image, drawn
-    in image order from ``generator``; gammas (G,) in pixel units. Chunked over G * N rows.
+    in image order from ``generator``; gammas (G,) in pixel units. Chunked over G * N rows,
+    :data:`~xrbench.chunking.LANDSCAPE_FORWARD_FACTOR` times ``max_batch_pixels`` (default
+    :data:`~xrbench.chunking.LANDSCAPE_PIXELS` for the device) input values per chunk.
     """
     x = x.detach()
+    max_batch_pixels = _pixels(max_batch_pixels, x)
     g = _as_gammas(gammas, x)
     n = x.shape[0]
     d = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     out = torch.empty(g.numel() * n, device=x.device, dtype=x.dtype)
-    rows = rows_per_chunk(x, 16 * max_batch_pixels)
+    rows = rows_per_chunk(x, LANDSCAPE_FORWARD_FACTOR * max_batch_pixels)
     with eval_mode(model), torch.no_grad():
-        for start in range(0, out.numel(), rows):
-            r = torch.arange(start, min(start + rows, out.numel()), device=x.device)
+        for s in chunk_slices(out.numel(), rows):
+            r = torch.arange(s.start, s.stop, device=x.device)
             gi, i = r // n, r % n
             x_pert = x[i] + g[gi].view(-1, 1, 1, 1) * d[i]
             if clamp:
                 x_pert = x_pert.clamp(0, 1)
-            out[start:start + len(r)] = F.cross_entropy(model(x_pert), y[i], reduction="none")
+            out[s] = F.cross_entropy(model(x_pert), y[i], reduction="none")
     return out.view(g.numel(), n)
 
 
@@ -156,7 +166,7 @@ def ce_landscape(
     *,
     generator: torch.Generator | None = None,
     clamp: bool = False,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    max_batch_pixels: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy landscape over images: (G,) (see :func:`ce_landscape_per_image`)."""
     return ce_landscape_per_image(model, x, y, gammas, generator=generator, clamp=clamp,

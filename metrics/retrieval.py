@@ -30,17 +30,13 @@ from xrbench.data import DatasetCard
 from xrbench.explainers import split_model
 from xrbench.inference import frozen_inference_copy
 from xrbench import keyed_random
-from xrbench.utils import rows_per_chunk
+from xrbench.chunking import (EXPLAINER_EXPANSION, FORWARD_PIXELS, RELEX_PIXELS, chunk_pixels,
+                              chunk_slices, map_chunks, rows_per_chunk)
 
 log = logging.getLogger(__name__)
 
 Explainer = Callable[..., torch.Tensor]
 
-MAX_BATCH_PIXELS = 2 ** 22  # rows x C x H x W per forward pass of predictions and maps
-#: RelEx's rows x C x H x W per forward pass (2 x samples rows per image, at least one image):
-#: on a CPU, small chunks that stay in cache are fastest (about 500 rows of 8 x 8 digits);
-#: a GPU wants large ones. Memory and speed only: no chunking changes a mask (keyed noise).
-RELEX_BATCH_PIXELS = {"cpu": 2 ** 15, "cuda": 2 ** 22}
 LOG_EPS = 1e-7  # reference Loss.eps, "to defense log(0)"
 
 #: stream tags of the keyed random numbers (:mod:`xrbench.keyed_random`)
@@ -50,12 +46,16 @@ _INIT, _NOISE = 0, 1  # within a RelEx key: the initial mask, the copies of iter
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, max_batch_pixels: int = MAX_BATCH_PIXELS
+def predict(model: nn.Module, x: torch.Tensor, max_batch_pixels: int | None = None
             ) -> torch.Tensor:
-    """argmax_c f_c(x) for pixel-space x (N, C, H, W); int64 (N,). Eval mode, chunked."""
-    rows = rows_per_chunk(x, max_batch_pixels)
+    """argmax_c f_c(x) for pixel-space x (N, C, H, W); int64 (N,). Eval mode, in chunks of
+    ``max_batch_pixels`` input values (default :data:`~xrbench.chunking.FORWARD_PIXELS` for
+    x's device)."""
+    if max_batch_pixels is None:
+        max_batch_pixels = chunk_pixels(FORWARD_PIXELS, x.device)
     with eval_mode(model):
-        return torch.cat([model(x[i:i + rows]).argmax(dim=1) for i in range(0, len(x), rows)])
+        return map_chunks(lambda xc: model(xc).argmax(dim=1), x,
+                          rows=rows_per_chunk(x, max_batch_pixels))
 
 
 def apply_mask(model: nn.Module, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -109,7 +109,8 @@ def relex_mask(
     is optimised alone, in any chunk, shard or order (to float rounding of batched
     convolutions): the optimisation runs every image at once, in chunks of whole images
     (all 2 x ``samples`` rows of an image in one forward pass) of at most
-    ``max_batch_pixels`` input values (default :data:`RELEX_BATCH_PIXELS` for the device).
+    ``max_batch_pixels`` input values (default :data:`~xrbench.chunking.RELEX_PIXELS` for
+    the device).
     The model runs in eval mode; no gradient is left on its parameters; it differentiates
     :func:`~xrbench.inference.frozen_inference_copy` of the model (BatchNorm folded,
     channels-last on a CPU; the same function to float32 rounding, faster). Returns a
@@ -124,18 +125,17 @@ def relex_mask(
     if len(keys) != len(x) or len(target) != len(x):
         raise ValueError(f"relex_mask: {len(x)} images, {len(target)} targets, {len(keys)} keys")
     if max_batch_pixels is None:
-        max_batch_pixels = RELEX_BATCH_PIXELS.get(x.device.type, RELEX_BATCH_PIXELS["cuda"])
+        max_batch_pixels = chunk_pixels(RELEX_PIXELS, x.device)
     frozen = frozen_inference_copy(model, double_backward=False,
                                    channels_last=x.device.type == "cpu")
     net, mean, std = split_model(frozen)
-    per_chunk = max(1, rows_per_chunk(x, max_batch_pixels) // (2 * samples))
+    rows = rows_per_chunk(x, max_batch_pixels, expand=2 * samples)  # whole images
     masks = []
     with eval_mode(model):
-        for i in range(0, len(x), per_chunk):
-            z = (x[i:i + per_chunk] - mean) / std
-            masks.append(_relex_chunk(net, z, target[i:i + per_chunk], keys[i:i + per_chunk],
-                                      iterations, samples, lr, momentum, lambda1, lambda2,
-                                      noise_level, init_max))
+        for s in chunk_slices(len(x), rows):
+            z = (x[s] - mean) / std
+            masks.append(_relex_chunk(net, z, target[s], keys[s], iterations, samples, lr,
+                                      momentum, lambda1, lambda2, noise_level, init_max))
             if on_chunk is not None:
                 on_chunk(len(z))
     return torch.cat(masks) if masks else x.new_zeros(x.shape)
@@ -193,10 +193,11 @@ def explainer_mask(a: torch.Tensor) -> torch.Tensor:
 
 def _explain_chunked(model: nn.Module, explainer: Explainer, x: torch.Tensor,
                      c: torch.Tensor, max_batch_pixels: int) -> torch.Tensor:
-    rows = max(1, rows_per_chunk(x, max_batch_pixels) // 64)  # explainers expand the batch
+    """The explanation of x (N, C, H, W) for classes c (N,), in chunks of
+    ``max_batch_pixels / EXPLAINER_EXPANSION`` input values (explainers expand the batch)."""
+    rows = rows_per_chunk(x, max_batch_pixels, expand=EXPLAINER_EXPANSION)
     with eval_mode(model):
-        return torch.cat([explainer(model, x[i:i + rows], c[i:i + rows]).detach()
-                          for i in range(0, len(x), rows)])
+        return map_chunks(lambda xc, cc: explainer(model, xc, cc).detach(), x, c, rows=rows)
 
 
 def pgd_start(x: torch.Tensor, eps: float, seed: int, eps_index: int, image_ids: torch.Tensor
@@ -220,7 +221,7 @@ def retrieval(
     image_ids: torch.Tensor | None = None,
     pgd_steps: int = 20,
     relex: dict[str, Any] | None = None,
-    max_batch_pixels: int = MAX_BATCH_PIXELS,
+    max_batch_pixels: int | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Class retrieval rates (PROTOCOL 5.5) for pixel-space images x (N, C, H, W).
@@ -250,7 +251,10 @@ def retrieval(
     (default ``arange(N)``; its index in the subset), so the hits of an image do not depend
     on which other images are scored with it: a shard of the subset scored with its ids gives
     the same hits as the whole subset. ``progress`` shows a bar over the (1 + E) x N masks,
-    most of the cost.
+    most of the cost. ``max_batch_pixels``: input values per prediction chunk (default
+    :data:`~xrbench.chunking.FORWARD_PIXELS` for x's device; explainer maps take
+    1 / :data:`~xrbench.chunking.EXPLAINER_EXPANSION` of it); RelEx's own is
+    ``relex["max_batch_pixels"]``.
     """
     if eps_list is None:
         if card is None:
@@ -261,6 +265,8 @@ def retrieval(
     ids = (torch.arange(n) if image_ids is None else image_ids.long()).to(x.device)
     if len(ids) != n:
         raise ValueError(f"retrieval: {n} images but {len(ids)} image ids")
+    if max_batch_pixels is None:  # predictions, and explainer maps (EXPLAINER_EXPANSION)
+        max_batch_pixels = chunk_pixels(FORWARD_PIXELS, x.device)
     c0 = predict(model, x, max_batch_pixels)
 
     def hit(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

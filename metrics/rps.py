@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from xrbench.attacks.pgd import eval_mode
+from xrbench.chunking import chunk_rows, chunk_slices
 from xrbench.data import RPS_EPS
 from xrbench.explainers import max_map
 from xrbench.utils import model_device
@@ -68,7 +69,6 @@ def rps(
     eps = tuple(float(e) for e in eps)
     n, dim = x.shape[0], x.shape[1:]
     device = model_device(model, x.device)
-    per_chunk = max(1, batch_size // max(1, draws * len(eps)))
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     if gen.device.type != "cpu":
         raise ValueError("rps draws its noise on the CPU (so that batch size and device never "
@@ -76,9 +76,9 @@ def rps(
     eps_t = torch.tensor(eps, dtype=x.dtype).view(-1, 1, 1, *([1] * len(dim)))
     out = {s: {e: torch.empty(n, device=x.device) for e in eps} for s in similarities}
     with eval_mode(model):
-        for start in range(0, n, per_chunk):
-            xc = x[start:start + per_chunk]
-            yc = y[start:start + per_chunk]
+        for chunk in chunk_slices(n, chunk_rows(batch_size, draws * len(eps))):
+            xc = x[chunk]
+            yc = y[chunk]
             m = xc.shape[0]
             # u: (m, draws, *dim) on the CPU, image-major, then d = eps * u: (E, m, draws, ...)
             u = 2 * torch.rand((m, draws, *dim), generator=gen, dtype=x.dtype) - 1
@@ -93,6 +93,6 @@ def rps(
                 sim = SIMILARITIES[s](hp.flatten(0, 2), href.flatten(0, 2))
                 sim = sim.view(len(eps), m, draws).mean(dim=2).float().to(x.device)
                 for k, e in enumerate(eps):
-                    out[s][e][start:start + m] = sim[k]
+                    out[s][e][chunk] = sim[k]
     log.debug("rps: %d images, %d draws, eps %s", n, draws, eps)
     return out

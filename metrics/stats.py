@@ -23,6 +23,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from xrbench.chunking import chunk_slices
+
 Statistic = Callable[..., np.ndarray]  # statistic(array, axis=-1) -> array, e.g. np.mean
 
 
@@ -124,12 +126,12 @@ def kendall_tau_b_rows(x: np.ndarray, y: np.ndarray, chunk: int = 256) -> np.nda
     Vectorised over (chunk, n, n) sign tensors."""
     out = np.empty(x.shape[0])
     iu = np.triu_indices(x.shape[1], k=1)
-    for s in range(0, x.shape[0], chunk):
-        sx = np.sign(x[s:s + chunk, :, None] - x[s:s + chunk, None, :])[:, iu[0], iu[1]]
-        sy = np.sign(y[s:s + chunk, :, None] - y[s:s + chunk, None, :])[:, iu[0], iu[1]]
+    for s in chunk_slices(x.shape[0], chunk):
+        sx = np.sign(x[s, :, None] - x[s, None, :])[:, iu[0], iu[1]]
+        sy = np.sign(y[s, :, None] - y[s, None, :])[:, iu[0], iu[1]]
         den = np.sqrt((sx * sx).sum(-1) * (sy * sy).sum(-1))
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[s:s + chunk] = np.where(den > 0, (sx * sy).sum(-1) / np.where(den > 0, den, 1.0),
+            out[s] = np.where(den > 0, (sx * sy).sum(-1) / np.where(den > 0, den, 1.0),
                                         np.nan)
     return out
 

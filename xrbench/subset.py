@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .chunking import chunk_slices
 from .data import Dataset
 from .errors import XRBenchError
 from .explainers import expl_loss, get_explainer, sum_map
@@ -232,8 +233,8 @@ def extract_features(model: torch.nn.Module, dataset: Dataset, device: torch.dev
     model.eval()
     batch_size = batch_size or getattr(model, "feature_batch", 512)
     feats = []
-    for i in range(0, len(dataset.test), batch_size):
-        x, _ = dataset.test.get_batch(torch.arange(i, min(i + batch_size, len(dataset.test))))
+    for s in chunk_slices(len(dataset.test), batch_size):
+        x, _ = dataset.test.get_batch(torch.arange(s.start, s.stop))
         feats.append(_features(model, x.to(device)).cpu())
     return torch.cat(feats).double().numpy()
 

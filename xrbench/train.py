@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, fastgrad
+from .chunking import chunk_slices
 from .checkpoints import (CheckpointKey, load_partial, load_weights, partial_path, read_sidecar,
                           save_checkpoint, save_partial)
 from .data import Dataset, ImageSplit
@@ -53,8 +54,8 @@ def evaluate_accuracy(model: nn.Module, split: ImageSplit, device: torch.device,
     was = model.training
     model.eval()
     correct = 0
-    for i in range(0, len(split), batch_size):
-        x, y = split.get_batch(torch.arange(i, min(i + batch_size, len(split))))
+    for s in chunk_slices(len(split), batch_size):
+        x, y = split.get_batch(torch.arange(s.start, s.stop))
         correct += int((model(x.to(device)).argmax(1) == y.to(device)).sum())
     model.train(was)
     return 100.0 * correct / max(1, len(split))
@@ -141,9 +142,20 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
 
 def build_recipe(defense_name: str, card: Any, model_name: str,
                  overrides: dict[str, str] | None = None) -> Any:
-    """The defense's recipe with ``--set`` overrides, dataset/model defaults resolved."""
+    """The defense's recipe with ``--set`` overrides, a calibrated field handed over where
+    the recipe wants one (SEP's lambda off the paper's datasets: the shipped or the user's
+    record, :func:`xrbench.calibrate.find_calibration`, else an error naming the command
+    that makes it), dataset/model defaults resolved."""
     cls = defenses.get(defense_name)
-    return cls.Recipe.from_overrides(dict(overrides or {})).resolve(card, model_name)
+    recipe = cls.Recipe.from_overrides(dict(overrides or {}))
+    if recipe.wants_calibration(card):
+        from .calibrate import find_calibration, missing_calibration
+
+        found = find_calibration(defense_name, card.name, model_name)
+        if found is None:
+            raise missing_calibration(defense_name, card, model_name)
+        recipe = recipe.with_calibration(found.chosen, found.source)
+    return recipe.resolve(card, model_name)
 
 
 def checkpoint_key(card: Any, model_name: str, defense_name: str,

@@ -181,8 +181,3 @@ def model_device(model: torch.nn.Module, fallback: torch.device | str = "cpu") -
 
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device(fallback)
-
-
-def rows_per_chunk(x: torch.Tensor, max_batch_pixels: int) -> int:
-    """How many rows of x (N, ...) fit in one chunk of ``max_batch_pixels`` elements (>= 1)."""
-    return max(1, max_batch_pixels // max(1, x[0].numel()))
