@@ -24,8 +24,6 @@ from xrbench.errors import XRBenchError
 from xrbench.registry import defenses
 from xrbench.utils import hash_config
 
-RESNET_FAMILY = ("resnet18", "wrn28_10", "mobilenetv2")
-
 
 def is_small_model(model_name: str) -> bool:
     """convnet and lenet are the 'small' family of the RobustAGA recipes."""

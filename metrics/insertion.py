@@ -111,30 +111,13 @@ def insertion_curves(
     """Per-image Insertion curve, (N, R) in [0, 1]: column j is the softmax probability of
     the TRUE label y (N,) after inserting the top ``ratios[j]`` share of the pixels of
     ``max_map(a(x, y))`` into the mean-colour image (RobustAGA ``test_insertion.py``).
-    The Insertion score is ``100 * curves.mean(1)`` (:func:`insertion`)."""
+    The Insertion score is ``100 * curves.mean(1)`` (the stage's ``scores``)."""
     device = model_device(model, x.device)
     with eval_mode(model):
         h = map_chunks(lambda xc, yc: max_map(explainer(model, xc.to(device),
                                                         yc.to(device))).detach(),
                        x, y, rows=batch_size)
     return insertion_curve(model, x, y, h, ratios=ratios, batch_size=batch_size)
-
-
-def insertion(
-    model: nn.Module,
-    explainer: Explain,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    ratios: Sequence[float] = INSERTION_RATIOS,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """Per-image Insertion score in percent, (N,): ``100 * mean_r p_y(insert_r(x))`` with the
-    ranking map ``max_map(a(x, y))`` for the TRUE label y (N,) (RobustAGA
-    ``test_insertion.py``), i.e. the mean of :func:`insertion_curves` over the ratios.
-    Higher is better (a more faithful map)."""
-    return 100 * insertion_curves(model, explainer, x, y, ratios=ratios,
-                                  batch_size=batch_size).mean(1)
 
 
 def adv_insertion_curves(
@@ -154,7 +137,7 @@ def adv_insertion_curves(
     pixels of x in the order of ``max_map(a(x_adv, y))``, x_adv the frame-target
     manipulation of x for the true label y with L-inf budget ``eps`` (pixel units; see
     :func:`xrbench.attacks.frame.adv_insertion_eps`). RobustAGA ``test_adv_insertion.py``.
-    The Adv-Insertion score is ``100 * curves.mean(1)`` (:func:`adv_insertion`).
+    The Adv-Insertion score is ``100 * curves.mean(1)`` (the stage's ``scores``).
 
     The attack runs ``attack_batch`` images at a time (its objective is a per-image sum, so
     the result does not depend on the chunking); the map of x_adv is taken on the original
@@ -172,23 +155,3 @@ def adv_insertion_curves(
         h_adv = map_chunks(adv_map, x, y, rows=attack_batch)
     return insertion_curve(model, x, y, h_adv, ratios=ratios, batch_size=batch_size)
 
-
-def adv_insertion(
-    model: nn.Module,
-    explainer: Explain,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    eps: float,
-    iterations: int = FRAME_ITERATIONS,
-    lr: float | None = None,
-    ratios: Sequence[float] = INSERTION_RATIOS,
-    attack_batch: int = 128,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """Per-image Adv-Insertion score in percent, (N,): the mean over the ratios of
-    :func:`adv_insertion_curves`, times 100. Higher is better (the map keeps ranking the
-    evidence despite the manipulation)."""
-    return 100 * adv_insertion_curves(model, explainer, x, y, eps=eps, iterations=iterations,
-                                      lr=lr, ratios=ratios, attack_batch=attack_batch,
-                                      batch_size=batch_size).mean(1)

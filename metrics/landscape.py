@@ -104,25 +104,6 @@ def explanation_landscape_pairs(
     return out.view(g.numel(), n_pairs)
 
 
-def explanation_landscape(
-    model: nn.Module,
-    explainer: Explainer,
-    images: torch.Tensor,
-    pairs: torch.Tensor,
-    gammas: Sequence[float] | torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    clamp: bool = False,
-    max_batch_pixels: int | None = None,
-) -> torch.Tensor:
-    """SEP paper eq. 5 averaged over pairs: (G,) mean L_e per gamma (see
-    :func:`explanation_landscape_pairs` for shapes and choices)."""
-    per_pair = explanation_landscape_pairs(model, explainer, images, pairs, gammas,
-                                           generator=generator, clamp=clamp,
-                                           max_batch_pixels=max_batch_pixels)
-    return per_pair.mean(dim=1)
-
-
 def ce_landscape_per_image(
     model: nn.Module,
     x: torch.Tensor,
@@ -157,17 +138,3 @@ def ce_landscape_per_image(
             out[s] = F.cross_entropy(model(x_pert), y[i], reduction="none")
     return out.view(g.numel(), n)
 
-
-def ce_landscape(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    gammas: Sequence[float] | torch.Tensor,
-    *,
-    generator: torch.Generator | None = None,
-    clamp: bool = False,
-    max_batch_pixels: int | None = None,
-) -> torch.Tensor:
-    """Mean cross-entropy landscape over images: (G,) (see :func:`ce_landscape_per_image`)."""
-    return ce_landscape_per_image(model, x, y, gammas, generator=generator, clamp=clamp,
-                                  max_batch_pixels=max_batch_pixels).mean(dim=1)

@@ -147,13 +147,3 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0,
 
 SIMILARITIES = {"cosine": cosine_similarity, "pcc": pearson_correlation, "ssim": ssim}
 """Name -> function, in the order RPS reports them."""
-
-
-def similarity(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """The similarity called ``name`` (cosine, pcc, ssim) of each map pair, (N,)."""
-    try:
-        fn = SIMILARITIES[name]
-    except KeyError:
-        raise ValueError(f"unknown similarity {name!r}; use one of {sorted(SIMILARITIES)}") \
-            from None
-    return fn(a, b)

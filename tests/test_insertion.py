@@ -10,11 +10,16 @@ from torch import nn
 from xrbench.attacks.frame import (adv_insertion_eps, frame_loss, frame_manipulation,
                                    frame_target, frame_width)
 from xrbench.explainers import get_explainer
-from xrbench.metrics.insertion import (INSERTION_RATIOS, adv_insertion, insertion,
-                                       insertion_curve, insertion_ranks, kept_counts)
+from xrbench.metrics.insertion import (INSERTION_RATIOS, adv_insertion_curves, insertion_curve,
+                                       insertion_curves, insertion_ranks, kept_counts)
 from xrbench.models import Normalize
 
 PIXEL = (3, 5)  # the one pixel the toy model reads
+
+
+def score(curves: torch.Tensor) -> torch.Tensor:
+    """The per-image (Adv-)Insertion score in percent, as the stages keep it."""
+    return 100 * curves.mean(1)
 
 
 class OnePixelModel(nn.Module):
@@ -65,8 +70,8 @@ def test_insertion_endpoints(trained_convnet, test_batch) -> None:
     # chunking does not change the values
     torch.testing.assert_close(insertion_curve(trained_convnet, x, y, h, ratios=(0.0, 0.5, 1.0),
                                                batch_size=5000), curve, atol=1e-5, rtol=0)
-    score = insertion(trained_convnet, get_explainer("gradient"), x, y)
-    assert score.shape == (8,) and ((score >= 0) & (score <= 100)).all()
+    s = score(insertion_curves(trained_convnet, get_explainer("gradient"), x, y))
+    assert s.shape == (8,) and ((s >= 0) & (s <= 100)).all()
 
 
 def test_inserting_the_read_pixel_first_scores_highest() -> None:
@@ -85,7 +90,8 @@ def test_inserting_the_read_pixel_first_scores_highest() -> None:
     assert s_first[0].item() == pytest.approx(100 * (0.5 + 19 * p_in) / 20, abs=1e-4)
     assert s_last[0].item() == pytest.approx(50.0, abs=1e-4)
     # the gradient explainer sees exactly that pixel, so Insertion ranks it first
-    torch.testing.assert_close(insertion(model, get_explainer("gradient"), x, y), s_first)
+    torch.testing.assert_close(score(insertion_curves(model, get_explainer("gradient"), x, y)),
+                               s_first)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -135,9 +141,11 @@ def test_adv_insertion_runs_and_matches_insertion_at_zero_budget(trained_convnet
                                                                  test_batch) -> None:
     x, y = test_batch[0][:4], test_batch[1][:4]
     explainer = get_explainer("gradient")
-    clean = insertion(trained_convnet, explainer, x, y)
-    torch.testing.assert_close(adv_insertion(trained_convnet, explainer, x, y, eps=0.0), clean)
-    adv = adv_insertion(trained_convnet, explainer, x, y, eps=0.1, iterations=5, attack_batch=2)
+    clean = score(insertion_curves(trained_convnet, explainer, x, y))
+    torch.testing.assert_close(
+        score(adv_insertion_curves(trained_convnet, explainer, x, y, eps=0.0)), clean)
+    adv = score(adv_insertion_curves(trained_convnet, explainer, x, y, eps=0.1, iterations=5,
+                                     attack_batch=2))
     assert adv.shape == (4,) and ((adv >= 0) & (adv <= 100)).all()
     assert not torch.allclose(adv, clean)
 

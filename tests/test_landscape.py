@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from xrbench.explainers import expl_loss, get_explainer, sum_map
-from xrbench.metrics.landscape import (ce_landscape, ce_landscape_per_image,
-                                       explanation_landscape, explanation_landscape_pairs)
+from xrbench.metrics.landscape import ce_landscape_per_image, explanation_landscape_pairs
 from xrbench.plots import plot_landscape
 
 GAMMAS = [0.0, 0.05, 0.2]
@@ -42,9 +41,7 @@ def test_explanation_landscape_at_zero_is_the_unperturbed_loss(trained_convnet,
     assert torch.allclose(run(0, clamp=True)[0], expl_start, rtol=1e-5, atol=0)
     # noise moves the victim's map: at gamma 0.2 the loss differs from the clean one
     assert not torch.allclose(per_pair[2], expl_start)
-    mean = explanation_landscape(model, expl, x, pairs, GAMMAS,
-                                 generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(mean, per_pair.mean(dim=1))
+    mean = per_pair.mean(dim=1)  # the figure's curve (SEP paper eq. 5 averaged over pairs)
     assert abs(mean[0].item() - expl_start.mean().item()) <= 1e-5 * expl_start.mean().item()
 
 
@@ -53,15 +50,15 @@ def test_ce_landscape_at_zero_is_the_clean_cross_entropy(trained_convnet, test_b
     x, y = test_batch[0][:16], test_batch[1][:16]
     clean = F.cross_entropy(model(x), y).item()
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
-    curve = ce_landscape(model, x, y, GAMMAS, generator=g(0))
-    assert curve.shape == (3,) and torch.isfinite(curve).all()
+    per_image = ce_landscape_per_image(model, x, y, GAMMAS, generator=g(0))
+    curve = per_image.mean(dim=1)  # the figure's curve, mean over images
+    assert per_image.shape == (3, 16) and torch.isfinite(curve).all()
     assert abs(curve[0].item() - clean) < 1e-5
-    assert torch.equal(curve, ce_landscape(model, x, y, GAMMAS, generator=g(0)))
-    per_image = ce_landscape_per_image(model, x, y, GAMMAS, generator=g(0), max_batch_pixels=8)
-    assert per_image.shape == (3, 16)
-    assert torch.allclose(per_image.mean(dim=1), curve, rtol=1e-5)
+    assert torch.equal(per_image, ce_landscape_per_image(model, x, y, GAMMAS, generator=g(0)))
+    chunked = ce_landscape_per_image(model, x, y, GAMMAS, generator=g(0), max_batch_pixels=8)
+    assert torch.allclose(chunked, per_image, rtol=1e-5)
     # large Gaussian noise destroys the prediction: CE grows
-    assert ce_landscape(model, x, y, [2.0], generator=g(0))[0] > clean
+    assert ce_landscape_per_image(model, x, y, [2.0], generator=g(0)).mean() > clean
 
 
 def test_plot_landscape_writes_a_png(tmp_path) -> None:

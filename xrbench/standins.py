@@ -24,10 +24,6 @@ import numpy as np
 
 from .utils import atomic_write_bytes
 
-#: label ranges of the built-in datasets (stand-ins use ``classes`` labels spread over them)
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100,
-               "tinyimagenet": 200}
-
 
 def class_images(labels: np.ndarray, side: int, channels: int, seed: int) -> np.ndarray:
     """uint8 images (N, side, side, channels): uniform noise in [0, 80], plus for label k a
