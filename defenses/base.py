@@ -91,6 +91,19 @@ class Recipe:
         """Fill dataset- or model-dependent ``None`` fields; the base has none."""
         return self
 
+    def wants_calibration(self, card: DatasetCard) -> bool:
+        """Whether a field of this recipe comes from a calibration record on ``card``'s
+        dataset (SEP's lambda off the paper's datasets). The caller above the defenses
+        (:func:`xrbench.train.build_recipe`) looks it up and hands it over with
+        :meth:`with_calibration` before :meth:`resolve`: a defense knows models,
+        explainers and attacks, not where calibrations are kept."""
+        return False
+
+    def with_calibration(self, value: float, source: str) -> "Recipe":
+        """This recipe with its calibrated field set to ``value`` (``source``: where the
+        value comes from, recorded in the entry)."""
+        raise NotImplementedError(f"{type(self).__qualname__} takes no calibration")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

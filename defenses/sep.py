@@ -97,24 +97,29 @@ class SepRecipe(MatRecipe):
     def defense_name(self) -> str:
         return "sep_pos" if self.sign > 0 else "sep_neg"
 
+    def wants_calibration(self, card: DatasetCard) -> bool:
+        """lambda_ comes from a calibration off the paper's datasets (SEP_LAMBDA)."""
+        return self.lambda_ is None and card.name not in SEP_LAMBDA
+
+    def with_calibration(self, value: float, source: str) -> "SepRecipe":
+        return dataclasses.replace(self, lambda_=float(value), lambda_source=source)
+
     def resolve(self, card: DatasetCard, model_name: str) -> "SepRecipe":
         """Fill eps (card.eps_pgd), beta (1 grey / 6 RGB), lambda_ and lambda_source: the
-        paper's value on its datasets (SEP_LAMBDA), else a calibration
-        (:func:`xrbench.calibrate.find_calibration`), else an error naming the command."""
-        from xrbench.calibrate import find_calibration, missing_calibration
-
+        paper's value on its datasets (SEP_LAMBDA), else the calibration handed over by the
+        caller (:meth:`with_calibration`; :func:`xrbench.train.build_recipe` reads it),
+        else an error."""
         if self.base not in BASES:
             raise XRBenchError(f"SEP base {self.base!r} is not supported; use "
                                f"{' or '.join(BASES)} (--set base=trades)")
         lam, source = self.lambda_, self.lambda_source
         if lam is None:
-            if card.name in SEP_LAMBDA:
-                lam, source = SEP_LAMBDA[card.name][0 if self.sign > 0 else 1], PAPER_SOURCE
-            else:
-                found = find_calibration(self.defense_name, card.name, model_name)
-                if found is None:
-                    raise missing_calibration(self.defense_name, card, model_name)
-                lam, source = found.chosen, found.source
+            if card.name not in SEP_LAMBDA:
+                raise XRBenchError(
+                    f"{self.defense_name} has no lambda for dataset {card.name!r} (the paper "
+                    "gives none): resolve the recipe with xrbench.train.build_recipe, which "
+                    "reads calibrations, or set one (--set lambda_=...)")
+            lam, source = SEP_LAMBDA[card.name][0 if self.sign > 0 else 1], PAPER_SOURCE
         elif source is None:
             source = "set by the user (--set lambda_)"
         beta = self.beta if self.beta is not None else (BETA_GREY if card.grey else BETA_RGB)

@@ -15,7 +15,8 @@
   2023's Table 1 as reported entries; both shipped as package data.
 """
 
-from .board import Board, build_board, load_board, render_board
+from .board import Board, build_board, load_board
+from .document import render_board
 from .render import group_key, render_markdown
 from .schema import (SCHEMA_VERSION, entry_path, is_reported, load_entries, load_schema,
                      read_entry, scan_entries, validate_entry, write_entry)

@@ -40,6 +40,7 @@ import numpy as np
 
 from xrbench.columns import TABLE_EPS, correlated_columns, number as _num
 
+from .fields import active_columns
 from .fields import get_field as _get
 
 RESAMPLES = 1000  # bootstrap resamples per correlation (PROTOCOL 5.7)
@@ -95,7 +96,7 @@ def correlated_metrics() -> tuple[Metric, ...]:
     columns that declare ``correlated`` (:func:`xrbench.columns.correlated_columns`)."""
     return tuple(Metric(c.key, c.short or c.label,
                         lambda e, eps, c=c: c.value(e, eps))
-                 for c in correlated_columns())
+                 for c in correlated_columns(active_columns()))
 
 
 def pgd_accuracy(entry: Mapping[str, Any]) -> float | None:
@@ -189,7 +190,7 @@ def table_correlations(entries: Sequence[Mapping[str, Any]], rows: str,
         out.note = ("no PGD accuracy in these rows" if rows == "measured" else
                     "the source reports no PGD accuracy")
         return out
-    eps_picked = {c.key for c in correlated_columns() if TABLE_EPS in c.pick}
+    eps_picked = {c.key for c in correlated_columns(active_columns()) if TABLE_EPS in c.pick}
     for metric in correlated_metrics():
         if metric.key in eps_picked and rps_eps is not None:
             metric = Metric(metric.key, f"{metric.label} {rps_eps}", metric.read)

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
-from xrbench.columns import get_field, number
+from xrbench.columns import Column, get_field, number
 
-__all__ = ["get_field", "number"]
+__all__ = ["active_columns", "get_field", "number"]
+
+
+def active_columns() -> tuple[Column, ...]:
+    """The columns of the protocol's stages (:func:`xrbench.stages.all_columns`; torch is
+    imported on the first call, not when the leaderboard is)."""
+    from xrbench.stages import all_columns
+
+    return all_columns()

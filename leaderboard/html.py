@@ -30,6 +30,7 @@ from xrbench.columns import Column, board_columns, by_key, format_value
 
 from .board import Board, Table, row_values
 from .render import MISSING, NOT_APPLICABLE, _marks, flags_list, not_applicable, table_notes
+from .fields import active_columns
 from .fields import get_field as _get
 
 _log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def _table_html(table: Table, intervals: bool) -> str:
     cols: list[tuple[str, str, str]] = [("defense", "text", "defense"), ("seed", "num", "seed")]
     if table.has_reported:
         cols.append(("source", "text", "source"))
-    columns = board_columns()
+    columns = board_columns(active_columns())
     for c in columns:
         cols.append((c.key, "num", c.header(table.rps_eps)))
     cols.append(("flags", "text", "flags"))
@@ -177,7 +178,7 @@ def scatter_metric(table: Table) -> tuple[str, str] | None:
         for c in items:
             if c.n < 2:  # one point is no scatter
                 continue
-            column = by_key(c.metric)
+            column = by_key(c.metric, active_columns())
             if column is None:
                 continue
             # a family member: the one the rows show, if it is the same in every row

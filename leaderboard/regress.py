@@ -215,9 +215,11 @@ def declarations(entry: Mapping[str, Any]) -> dict[str, Declared]:
     """Per metric name of this entry (``"rps/cosine/8/255"``), what its column declares
     (:mod:`xrbench.columns`, listed by each stage): one declaration of direction, reused."""
     from xrbench.columns import declared_metrics
+    from xrbench.stages import all_columns
 
     return {name: Declared(c.summary_label(parts), c.better)
-            for name, (c, parts) in declared_metrics(entry.get("metrics") or {}).items()}
+            for name, (c, parts) in declared_metrics(entry.get("metrics") or {},
+                                                         all_columns()).items()}
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ from xrbench.columns import number as _num
 from xrbench.identity import TableKey, table_key
 from xrbench.protocol import CONVERGENCE_TOLERANCE  # entries record their own (manipulation_loss)
 
-from .board import Board, Duplicate, Table, build_board  # board imports render lazily
-from .fields import get_field
+from .board import Board, Duplicate, Table, build_board
+from .fields import active_columns, get_field
 
 MISSING = "\u2013"  # en dash
 NOT_APPLICABLE = "n/a"  # a stage that did not run for this explainer (entry.not_applicable)
@@ -55,7 +55,7 @@ NO_DEFENSE = "\u00a7"  # section sign: a reported method no xrbench defense impl
 def table_headers(rps_eps: str | None = "8/255") -> list[str]:
     """The leaderboard's headers: defense, seed, one per board column
     (:func:`xrbench.columns.board_columns`, RPS at ``rps_eps``), flags."""
-    return ["defense", "seed", *(c.header(rps_eps) for c in board_columns()), "flags"]
+    return ["defense", "seed", *(c.header(rps_eps) for c in board_columns(active_columns())), "flags"]
 
 GroupKey = TableKey
 group_key = table_key  # (dataset, model, explainer, profile, protocol version) of an entry
@@ -156,7 +156,7 @@ def row_cells(entry: Mapping[str, Any], mark: str = "", omit_flags: Iterable[str
     seed = get_field(entry, "seed")
     return [escape(get_field(entry, "defense", "name")) + (f" {mark}" if mark else ""),
             MISSING if seed is None else escape(seed),
-            *(value_cell(c, entry, rps_eps) for c in board_columns()),
+            *(value_cell(c, entry, rps_eps) for c in board_columns(active_columns())),
             flags_text(entry, omit_flags)]
 
 
@@ -300,7 +300,7 @@ def _not_applicable_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
             seen[(stage, reason)] = None
     notes = []
     for stage, reason in seen:
-        cols = [c.header().split(" (")[0] for c in board_columns() if c.stage == stage]
+        cols = [c.header().split(" (")[0] for c in board_columns(active_columns()) if c.stage == stage]
         if not cols:
             continue
         where = f" (columns {', '.join(cols)})"
@@ -430,9 +430,9 @@ def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
             cells.append(row + [NOT_APPLICABLE if c.stage in na else
                                 _interval_or_printed(c.metric(e, t.rps_eps), c.scale,
                                                      c.interval_digits or 0)
-                                for c in interval_columns()])
+                                for c in interval_columns(active_columns())])
         headers = ["defense", "seed", *(["source"] if t.has_reported else []),
-                   *(c.header(t.rps_eps) for c in interval_columns())]
+                   *(c.header(t.rps_eps) for c in interval_columns(active_columns()))]
         if t.reported_only:
             headers, cells = _drop_empty(headers, cells, keep=1)
         table = tabulate(cells, headers=headers, tablefmt="github", disable_numparse=True)

@@ -62,7 +62,8 @@ def test_the_worked_example_adds_a_metric(sparsity_stage, fixed_checkpoint, tmp_
 
     # its column reaches every report with no edit under leaderboard/
     from xrbench.leaderboard import regress as rg
-    from xrbench.leaderboard.board import board_document, build_board, validate_document
+    from xrbench.leaderboard.board import build_board
+    from xrbench.leaderboard.document import board_document, validate_document
     from xrbench.leaderboard.html import render_html
     from xrbench.leaderboard.render import render_markdown
 

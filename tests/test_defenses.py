@@ -53,6 +53,9 @@ def make(cls, digits, recipe, seed=0, epoch=AFTER_RAMP):
     """A defense with a resolved recipe and a generator seeded with ``seed``."""
     state = TrainState(digits.card, "convnet", torch.Generator().manual_seed(seed),
                        torch.device("cpu"), epoch)
+    if recipe.wants_calibration(digits.card):  # SEP on digits: the shipped calibration
+        found = find_calibration(cls.name, "digits", "convnet")
+        recipe = recipe.with_calibration(found.chosen, found.source)
     return cls(recipe.resolve(digits.card, "convnet"), state)
 
 
@@ -86,14 +89,14 @@ def test_recipe_resolves_every_field_for_digits_convnet(name, digits):
 
 
 def test_overridden_recipe_has_a_different_hash(digits):
-    ref = SepPosRecipe().resolve(digits.card, "convnet")
+    ref = build_recipe("sep_pos", digits.card, "convnet")
     shipped = find_calibration("sep_pos", "digits", "convnet")
     assert shipped is not None and shipped.shipped and ref.lambda_ == shipped.chosen > 0
     assert ref.lambda_source == shipped.source and shipped.sha256 in ref.lambda_source
     over = SepPosRecipe.from_overrides({"lambda_": "-1000"}).resolve(digits.card, "convnet")
     assert over.lambda_ == -1000.0 and over.lambda_source.startswith("set by the user")
     assert over.hash() != ref.hash()
-    assert SepNegRecipe().resolve(digits.card, "convnet").hash() != ref.hash()
+    assert build_recipe("sep_neg", digits.card, "convnet").hash() != ref.hash()
 
 
 def test_dataset_and_model_dependent_defaults(digits):
@@ -112,10 +115,15 @@ def test_dataset_and_model_dependent_defaults(digits):
         pos, neg = (R().resolve(other, "convnet") for R in (SepPosRecipe, SepNegRecipe))
         assert (pos.lambda_, neg.lambda_) == (50000.0, -3000.0)
         assert pos.lambda_source == neg.lambda_source == PAPER_SOURCE
-    assert SepNegRecipe().resolve(card, "convnet").lambda_ == find_calibration(
+    # off the paper's datasets the calibration comes from above (train.build_recipe): the
+    # defense itself reads no calibration record
+    assert build_recipe("sep_neg", card, "convnet").lambda_ == find_calibration(
         "sep_neg", "digits", "convnet").chosen < 0
+    assert SepNegRecipe().wants_calibration(card) and not SepNegRecipe().wants_calibration(mnist)
+    with pytest.raises(XRBenchError, match="no lambda for dataset 'digits'"):
+        SepNegRecipe().resolve(card, "convnet")
     with pytest.raises(XRBenchError, match="xrbench calibrate --defense sep_pos --dataset other"):
-        SepPosRecipe().resolve(dataclasses.replace(card, name="other"), "convnet")
+        build_recipe("sep_pos", dataclasses.replace(card, name="other"), "convnet")
     assert SepPosRecipe(lambda_=3.0).resolve(dataclasses.replace(card, name="other"), "x")
     r = L2CosdRecipe().resolve(card, "lenet")
     assert (r.lambda_l2, r.lambda_cos) == (0.01, 1.0)

@@ -14,8 +14,8 @@ import pytest
 
 from test_leaderboard import make_entry, make_entry_v2
 from xrbench.cli import main
-from xrbench.leaderboard.board import (board_document, build_board, load_board,
-                                       load_document_schema, render_json)
+from xrbench.leaderboard.board import build_board, load_board
+from xrbench.leaderboard.document import board_document, load_document_schema, render_json
 from xrbench.leaderboard.render import render_markdown
 from xrbench.leaderboard.schema import entry_path, reported_dir, scan_entries
 

@@ -94,9 +94,9 @@ def test_sharded_in_sequence_resumes_from_cached_shards(fixed_checkpoint, tmp_pa
     ran: list[tuple[str, int]] = []
 
     def flaky(payload, item):
-        if item.stage == "retrieval" and len([s for s, _ in ran if s == "retrieval"]) == 2:
+        if item.stage.name == "retrieval" and len([s for s, _ in ran if s == "retrieval"]) == 2:
             raise KeyboardInterrupt
-        ran.append((item.stage, item.lo))
+        ran.append((item.stage.name, item.lo))
         return real(payload, item)
 
     monkeypatch.setattr(sharding, "run_shard_task", flaky)

@@ -19,7 +19,7 @@ import torch
 from .data import load_dataset
 from .errors import XRBenchError
 from .models import DEFAULT_BETA
-from .protocol import PROTOCOL_VERSION, Profile, get_profile
+from .protocol import PROTOCOL_VERSION, Profile, check_seed, get_profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, file_lock, hash_config, lock_file, resolve_device
 
@@ -65,12 +65,6 @@ class Result:
     reused_stages: list[str]
     examples: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def check_seed(seed: int) -> None:
-    """Seeds are non-negative integers (torch generators take no others)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise XRBenchError(f"seed {seed!r} is out of range: it must be an integer >= 0")
 
 
 def check_output_folder(folder: Path) -> None:
@@ -343,7 +337,7 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
     ``md`` (markdown tables, notes and correlation lines), ``json`` (one document valid
     against ``leaderboard-schema.json``) or ``html`` (one self-contained page).
 
-    Returns a :class:`xrbench.leaderboard.board.Rendered`: ``.text`` and ``.board`` (its
+    Returns a :class:`xrbench.leaderboard.document.Rendered`: ``.text`` and ``.board`` (its
     tables, duplicates and skipped files). A malformed or invalid file is skipped with a
     ``logging`` warning naming it; duplicated rows are warned about and shown, not merged.
     ``intervals``: each value with its 95% bootstrap interval (markdown: the intervals view).
@@ -352,7 +346,8 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
     tables of their own; the default without ``results``), ``beside`` (the default with
     ``results``) or ``none``. No table at all is an :class:`XRBenchError` naming the skipped
     files."""
-    from .leaderboard.board import Rendered, load_board, render_board, warn_about
+    from .leaderboard.board import load_board, warn_about
+    from .leaderboard.document import Rendered, render_board
 
     if format not in ("md", "json", "html"):
         raise XRBenchError(f"unknown leaderboard format {format!r}; use md, json or html")

@@ -237,7 +237,7 @@ def calibrate(defense: str, dataset: str = "digits", model: str = "convnet", *,
     from tqdm.auto import tqdm
 
     from . import __version__
-    from .api import check_seed
+    from .protocol import check_seed
     from .data import load_dataset
     from .registry import defenses, models
     from .train import NonFiniteLoss, get_trained_model

@@ -6,7 +6,7 @@ better, which stage computes it, and whether it is a leaderboard column and ente
 correlations with PGD accuracy. Each stage lists its columns (:attr:`xrbench.stage.Stage.
 columns`); the command-line summary, the markdown, JSON and HTML leaderboards, the
 correlations, the plots' axes and ``xrbench regress``'s directions all iterate that one list
-(:func:`active_columns`), so a new metric's column is one declaration in its stage (the
+(:func:`xrbench.stages.all_columns`), so a new metric's column is one declaration in its stage (the
 habit of lm-evaluation-harness, whose metrics declare ``higher_is_better`` at registration).
 
 A path may hold wildcard parts (``"*"``): a *family* of numbers, one per similarity, mask
@@ -217,45 +217,36 @@ def instances(metrics: Mapping[str, Any], column: Column
     return out
 
 
-def active_columns() -> tuple[Column, ...]:
-    """The columns of the protocol's stages (:data:`xrbench.stages.STAGES`, each stage's
-    ``columns``), in stage order."""
-    from xrbench.stages import STAGES  # the stages own their columns
-
-    return tuple(c for s in STAGES for c in getattr(s, "columns", ()))
+def board_columns(columns: Sequence[Column]) -> tuple[Column, ...]:
+    """The leaderboard's value columns among ``columns``, by ``order`` (ties in the given
+    order)."""
+    return tuple(sorted((c for c in columns if c.board), key=lambda c: c.order))
 
 
-def board_columns(columns: Sequence[Column] | None = None) -> tuple[Column, ...]:
-    """The leaderboard's value columns, by ``order`` (ties in stage order)."""
-    cols = active_columns() if columns is None else columns
-    return tuple(sorted((c for c in cols if c.board), key=lambda c: c.order))
-
-
-def correlated_columns(columns: Sequence[Column] | None = None) -> tuple[Column, ...]:
+def correlated_columns(columns: Sequence[Column]) -> tuple[Column, ...]:
     """The board columns correlated with PGD accuracy, in column order."""
     return tuple(c for c in board_columns(columns) if c.correlated)
 
 
-def interval_columns(columns: Sequence[Column] | None = None) -> tuple[Column, ...]:
+def interval_columns(columns: Sequence[Column]) -> tuple[Column, ...]:
     """The board columns of the intervals view (``interval_digits`` set)."""
     return tuple(c for c in board_columns(columns) if c.interval_digits is not None)
 
 
-def declared_metrics(metrics: Mapping[str, Any], columns: Sequence[Column] | None = None
+def declared_metrics(metrics: Mapping[str, Any], columns: Sequence[Column]
                      ) -> dict[str, tuple[Column, tuple[str, ...]]]:
     """Per metric name as regress and ``--metric`` write it (``"rps/cosine/8/255"``), the
     column declaring it and the family's parts."""
     out: dict[str, tuple[Column, tuple[str, ...]]] = {}
-    for c in active_columns() if columns is None else columns:
+    for c in columns:
         for path, parts, _obj in instances(metrics, c):
             out.setdefault("/".join(path), (c, parts))
     return out
 
 
-def by_key(key: str, columns: Sequence[Column] | None = None) -> Column | None:
+def by_key(key: str, columns: Sequence[Column]) -> Column | None:
     """The column of a key (``"expl_end"``), or None."""
-    return next((c for c in (active_columns() if columns is None else columns)
-                 if c.key == key), None)
+    return next((c for c in columns if c.key == key), None)
 
 
 def format_value(column: Column, value: float | None, missing: str = "\u2013") -> str:

@@ -354,9 +354,9 @@ def metric_axis(name: str) -> tuple[str, float]:
     its column's declaration (:mod:`xrbench.columns`): a plain metric by its summary label
     and scale (``expl_end`` -> ``Expl@end (x1e-7)``, 1e7), a family's member by its name
     (``retrieval/relex_adv_mask/0.2 (%)``, 100: rates are stored as shares)."""
-    from .columns import active_columns
+    from .stages import all_columns
 
-    for c in active_columns():
+    for c in all_columns():
         if not c.family and "/".join(c.path) == name:
             return c.summary_label(), c.scale
         if c.family and name.split("/", 1)[0] == c.path[0]:

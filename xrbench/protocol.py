@@ -26,6 +26,14 @@ PROTOCOL_VERSION = 2  # 2: SEP L_f in L_e's form, RelEx clean class, 20 insertio
 #: relative fall of the manipulation's mean loss between the 50% and 100% trace points above
 #: which an entry is flagged ``not_converged`` (PROTOCOL 5.2, 6)
 CONVERGENCE_TOLERANCE = 0.05
+
+
+def check_seed(seed: int) -> None:
+    """Seeds are non-negative integers (torch generators take no others)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise XRBenchError(f"seed {seed!r} is out of range: it must be an integer >= 0")
+
+
 CLUSTERS = 10  # k-means k (SEP paper appendix C)
 PAPER_LR_NORMALISED = 2e-4  # Dombrowski reference run_attack.py, in normalised input units
 

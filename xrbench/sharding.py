@@ -55,9 +55,10 @@ def shard_bounds(n_items: int, n_shards: int, align: int = 1) -> list[tuple[int,
 
 @dataclass(frozen=True)
 class ShardItem:
-    """One task: items ``lo .. hi - 1`` of stage ``stage``."""
+    """One task: items ``lo .. hi - 1`` of ``stage`` (the stage object itself travels with
+    the task: the engine below the stages never looks one up by name)."""
 
-    stage: str
+    stage: "Stage"
     lo: int
     hi: int
 
@@ -112,18 +113,9 @@ class ShardPayload:
             base_key=self.base_key, cache=StageCache(root, force=self.force))
 
 
-def _stage(name: str) -> "Stage":
-    from .stages import STAGES
-
-    for stage in STAGES:
-        if stage.name == name:
-            return stage
-    raise KeyError(f"no stage named {name!r}")
-
-
 def run_shard_task(payload: ShardPayload, item: ShardItem) -> dict[str, Any]:
     """A shard task (top level, so that it pickles): stage ``item.stage`` on its items."""
-    return _stage(item.stage).run_shard(payload.context(), item.lo, item.hi)
+    return item.stage.run_shard(payload.context(), item.lo, item.hi)
 
 
 def run_sharded(ctx: "RunContext", stage: "Stage", params: dict[str, Any]) -> dict[str, Any]:
@@ -157,7 +149,7 @@ def run_sharded(ctx: "RunContext", stage: "Stage", params: dict[str, Any]) -> di
     try:
         payload = ShardPayload.from_context(ctx)
         executor.map(functools.partial(run_shard_task, payload),
-                     [ShardItem(stage.name, *bounds[i]) for i in todo],
+                     [ShardItem(stage, *bounds[i]) for i in todo],
                      gpus_per_task=1.0 if ctx.device.type == "cuda" else 0.0, on_done=keep)
     finally:
         bar.close()

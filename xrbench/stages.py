@@ -570,3 +570,9 @@ class Gallery(Stage):
 #: pairs, so that every other number is cached early)
 STAGES: tuple[Stage, ...] = (Accuracy(), RPS(), Insertion(), AdvInsertion(), Retrieval(),
                              Landscape(), Manipulation(), Gallery())
+
+
+def all_columns() -> tuple[Column, ...]:
+    """Every column the protocol's stages declare (:attr:`Stage.columns`), in stage order:
+    the one list every report iterates (:mod:`xrbench.columns`)."""
+    return tuple(c for s in STAGES for c in s.columns)

@@ -225,7 +225,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
     or defense, a profile, or a ``--grid``/``--set`` field that the defense's recipe lacks is
     an :class:`XRBenchError` before any work. Recipe values are not checked here: a value the
     recipe rejects makes its cell fail (:func:`cell_state`), not the sweep."""
-    from .api import check_seed, default_results_dir
+    from .api import default_results_dir
+    from .protocol import check_seed
     from .protocol import get_profile
     from .registry import datasets, defenses, explainers, models
 
