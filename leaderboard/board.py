@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence
 
 from xrbench.columns import board_columns, correlated_columns, number
-from xrbench.identity import TableKey, table_key
+from xrbench.identity import TableKey, table_key, table_title
 
 from .analysis import (LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet, rps_eps_for,
                        table_correlations)
@@ -100,9 +100,7 @@ class Table:
         """``digits / convnet / grad_x_input / profile quick / protocol v2`` (plain text;
         renderers escape it); ``... / profile paper / reported only`` for a table of
         reported rows only."""
-        dataset, model, explainer, profile, version = self.key
-        tail = "reported only" if version is None else f"protocol v{version}"
-        return f"{dataset} / {model} / {explainer} / profile {profile} / {tail}"
+        return table_title(self.key)
 
 
 @dataclass

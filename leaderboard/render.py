@@ -38,7 +38,7 @@ from tabulate import tabulate
 from xrbench.columns import (Column, board_columns, eps_value, format_value, interval_columns,
                              middle_key)
 from xrbench.columns import number as _num
-from xrbench.identity import TableKey, table_key
+from xrbench.identity import TableKey, table_key, table_title
 from xrbench.protocol import CONVERGENCE_TOLERANCE  # entries record their own (manipulation_loss)
 
 from .board import Board, Duplicate, Table, build_board
@@ -162,10 +162,7 @@ def row_cells(entry: Mapping[str, Any], mark: str = "", omit_flags: Iterable[str
 
 def heading(key: GroupKey) -> str:
     """The markdown heading line of a table (a reported-only table's version is None)."""
-    dataset, model, explainer, profile, version = key
-    tail = "reported only" if version is None else f"protocol v{escape(version)}"
-    return (f"### {escape(dataset)} / {escape(model)} / {escape(explainer)} / "
-            f"profile {escape(profile)} / {tail}")
+    return f"### {escape(table_title(key))}"
 
 
 def _all_not_converged(entries: Sequence[Mapping[str, Any]]) -> bool:

@@ -34,6 +34,14 @@ def table_key(entry: Mapping[str, Any]) -> TableKey:
             get_field(entry, "protocol", "version"))
 
 
+def table_title(key: TableKey) -> str:
+    """``digits / convnet / grad_x_input / profile quick / protocol v2`` (plain text; a
+    renderer escapes it); ``... / reported only`` for a table of reported rows only."""
+    dataset, model, explainer, profile, version = key
+    tail = "reported only" if version is None else f"protocol v{version}"
+    return f"{dataset} / {model} / {explainer} / profile {profile} / {tail}"
+
+
 def entry_key(entry: Mapping[str, Any]) -> EntryKey:
     """(dataset, model, explainer, profile, defense, seed): what makes two entries the same
     entry (of a results folder, of a baseline); an :class:`XRBenchError` when a field is

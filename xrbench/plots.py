@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from .errors import XRBenchError
-from .identity import TABLE_FIELD_NAMES, entry_name, table_key
+from .identity import TABLE_FIELD_NAMES, entry_name, table_key, table_title
 from .utils import atomic_write_bytes
 from .leaderboard.fields import get_field as _get
 
@@ -89,8 +89,7 @@ def labels(entries: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def _title(key: tuple[Any, ...]) -> str:
-    dataset, model, explainer, profile, version = key
-    return f"{dataset} / {model} / {explainer} / profile {profile} (protocol v{version})"
+    return table_title(key)  # type: ignore[arg-type]
 
 
 def _new_figure(width: float, height: float) -> Figure:
