@@ -34,12 +34,12 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from xrbench.columns import board_columns, correlated_columns, number
+from xrbench.columns import board_columns, number
 from xrbench.identity import TableKey, table_key, table_title
 
-from .analysis import (LEVEL, MIN_ROWS, RESAMPLES, SEED, CorrelationSet, rps_eps_for,
+from .analysis import (RESAMPLES, SEED, CorrelationSet, rps_eps_for,
                        table_correlations)
 from .schema import Skipped, is_reported
 from .fields import active_columns
@@ -47,7 +47,6 @@ from .fields import get_field as _get
 
 _log = logging.getLogger(__name__)
 
-ReportedMode = Literal["all", "beside", "none"]
 FORMATS: tuple[str, ...] = ("md", "json", "html")
 REPORTED_MODES: tuple[str, ...] = ("all", "beside", "none")
 

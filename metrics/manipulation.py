@@ -15,8 +15,6 @@ from typing import Sequence
 
 import torch
 
-from xrbench.protocol import CONVERGENCE_TOLERANCE  # noqa: F401  (declared with the profiles)
-
 
 def trace_key(fraction: float) -> str:
     """``0.1 -> "at_10"``: the entry's key of the mean loss at that share of the iterations."""
@@ -32,7 +30,8 @@ def mean_loss_at(loss_trace: torch.Tensor, trace_points: Sequence[float]) -> dic
 
 def second_half_fall(loss_trace: torch.Tensor, trace_points: Sequence[float]) -> float:
     """Relative fall of the mean objective from 50% to 100% of the iterations,
-    ``(L_50 - L_100) / L_50`` (0 when L_50 <= 0); above :data:`CONVERGENCE_TOLERANCE` the
+    ``(L_50 - L_100) / L_50`` (0 when L_50 <= 0); above
+    :data:`xrbench.protocol.CONVERGENCE_TOLERANCE` the
     attack was still improving (``not_converged``)."""
     points = [float(f) for f in trace_points]
     if 0.5 not in points or 1.0 not in points:

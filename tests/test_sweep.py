@@ -15,6 +15,7 @@ from conftest import require_ray
 
 from xrbench import api
 from xrbench.cli import main
+from xrbench.leaderboard.board import published_dir
 from xrbench.data import DIGITS_CARD
 from xrbench.errors import XRBenchError
 from xrbench.leaderboard.schema import read_entry, write_entry
@@ -25,7 +26,7 @@ from xrbench.sweep import (CHECKPOINT, CONFLICT, DONE, INVALID, NOTHING, PARTIAL
                            expand, parse_grid, parse_seeds, plan, run_sweep)
 from xrbench.train import build_recipe, checkpoint_key
 
-TEMPLATE = api.published_results_dir() / "digits/convnet/grad_x_input/paper/mat-s0.json"
+TEMPLATE = published_dir() / "digits/convnet/grad_x_input/paper/mat-s0.json"
 
 
 def spec(tmp_path: Path, **kw) -> SweepSpec:

@@ -322,13 +322,6 @@ def calibrate(defense: str, dataset: str = "digits", model: str = "convnet",
     return _calibrate(defense, dataset, model, **kwargs)
 
 
-def published_results_dir() -> Path:
-    """The folder of the published entries shipped with the package."""
-    from importlib import resources
-
-    return Path(str(resources.files("xrbench.leaderboard").joinpath("results")))
-
-
 def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
                 | tuple[str | os.PathLike[str], ...] | None = None, *, format: str = "md",
                 intervals: bool = False, reported: str | None = None) -> Any:

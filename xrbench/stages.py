@@ -401,7 +401,8 @@ class Manipulation(Stage):
                                        for p in parts]).per_pair()
 
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        from .metrics.manipulation import CONVERGENCE_TOLERANCE, mean_loss_at, second_half_fall
+        from .metrics.manipulation import mean_loss_at, second_half_fall
+        from .protocol import CONVERGENCE_TOLERANCE
 
         fall = second_half_fall(out["loss_trace"], out["trace_points"])
         not_converged = fall > CONVERGENCE_TOLERANCE
