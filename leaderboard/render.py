@@ -26,283 +26,40 @@ What a row cannot show in its numbers is said under its table, once:
 
 The functions take a :class:`~xrbench.leaderboard.board.Board` (what ``xrbench
 leaderboard`` renders) or a list of entries (grouped into one on the spot).
+
+The row cells and signs are in :mod:`xrbench.leaderboard.render_cells`, the notes under a
+table in :mod:`xrbench.leaderboard.render_notes`; every name they define is importable from
+here as before.
 """
 
 from __future__ import annotations
 
-import html
+import html  # noqa: F401  (the names this module had before the split)
 from typing import Any, Iterable, Mapping, Sequence
 
 from tabulate import tabulate
 
-from xrbench.columns import (Column, board_columns, eps_value, format_value, interval_columns,
-                             middle_key)
+from xrbench.columns import (Column, board_columns, eps_value, format_value,  # noqa: F401
+                             interval_columns, middle_key)
 from xrbench.columns import number as _num
-from xrbench.identity import TableKey, table_key, table_title
-from xrbench.protocol import CONVERGENCE_TOLERANCE  # entries record their own (manipulation_loss)
+from xrbench.identity import TableKey, table_key, table_title  # noqa: F401
+from xrbench.protocol import CONVERGENCE_TOLERANCE  # noqa: F401
 
-from .board import Board, Duplicate, Table, build_board
+from .board import Board, Duplicate, Table, build_board  # noqa: F401
 from .fields import active_columns, get_field
-
-MISSING = "\u2013"  # en dash
-NOT_APPLICABLE = "n/a"  # a stage that did not run for this explainer (entry.not_applicable)
-NOT_REFERENCE = "\u2020"  # dagger: the recipe is not the reference recipe
-DUPLICATE = "\u2021"  # double dagger: one of several rows with the same source, defense, seed
-NO_DEFENSE = "\u00a7"  # section sign: a reported method no xrbench defense implements
-
-
-
-def table_headers(rps_eps: str | None = "8/255") -> list[str]:
-    """The leaderboard's headers: defense, seed, one per board column
-    (:func:`xrbench.columns.board_columns`, RPS at ``rps_eps``), flags."""
-    return ["defense", "seed", *(c.header(rps_eps) for c in board_columns(active_columns())), "flags"]
-
-GroupKey = TableKey
-group_key = table_key  # (dataset, model, explainer, profile, protocol version) of an entry
-
-
-def escape(text: Any) -> str:
-    """A user-provided name made safe for one markdown table cell or heading line: ``&``,
-    ``<`` and ``>`` as HTML entities (markdown viewers render inline HTML, so a defense called
-    ``<script>`` must stay text), pipes escaped, line breaks turned into spaces."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
-
-
-def _value(entry: Mapping[str, Any], *keys: str) -> float | None:
-    return _num(get_field(entry, "metrics", *keys, "value"))
-
-
-middle_eps = middle_key  # the name the rendering modules use
-
-
-def flags_text(entry: Mapping[str, Any], omit: Iterable[str] = ()) -> str:
-    """The entry's true flags: ``degenerate`` first, then ``not_converged``, then others;
-    those in ``omit`` left out (a table that states them once below itself)."""
-    flags = get_field(entry, "flags") or {}
-    order = ["degenerate", "not_converged"] + sorted(k for k in flags
-                                                     if k not in ("degenerate", "not_converged"))
-    skip = set(omit)
-    return ", ".join(escape(k) for k in order if flags.get(k) is True and k not in skip)
-
-
-def not_applicable(entry: Mapping[str, Any]) -> dict[str, str]:
-    """The stages that did not run for this entry, each with its reason (``{}`` for entries
-    of schema version 1, where every stage ran)."""
-    na = get_field(entry, "not_applicable")
-    return {str(k): str(v) for k, v in na.items()} if isinstance(na, Mapping) else {}
-
-
-def reference_note(entry: Mapping[str, Any]) -> str | None:
-    """Why the entry's recipe is not the reference recipe (``defense.reference`` false), as
-    one line of plain text (markdown callers escape it), e.g. ``recipe differs from the
-    reference: epochs=1 (reference 25)``; None for a reference recipe or an entry that does
-    not say."""
-    defense = get_field(entry, "defense") or {}
-    if not isinstance(defense, Mapping) or defense.get("reference") is not False:
-        return None
-    diff = defense.get("recipe_diff")
-    if isinstance(diff, Mapping) and diff:
-        parts = [f"{k}={_text(get_field(v, 'value'))} (reference "
-                 f"{_text(get_field(v, 'reference'))})" for k, v in diff.items()]
-        return " ".join(("recipe differs from the reference: " + ", ".join(parts)).split())
-    note = defense.get("reference_note")
-    return " ".join(("not the reference recipe" + (f": {note}" if note else "")).split())
-
-
-def _text(value: Any) -> str:
-    """A recipe value as short text: numbers as Python prints them, null as ``null``."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def flags_list(entry: Mapping[str, Any]) -> list[str]:
-    """The entry's true flags as plain text: ``degenerate`` first, then ``not_converged``,
-    then the others sorted."""
-    flags = get_field(entry, "flags") or {}
-    if not isinstance(flags, Mapping):
-        return []
-    order = ["degenerate", "not_converged"] + sorted(k for k in flags
-                                                     if k not in ("degenerate", "not_converged"))
-    return [str(k) for k in order if flags.get(k) is True]
-
-
-def printed_or(column: Column, entry: Mapping[str, Any], text: str,
-               rps_eps: str | None) -> str:
-    """``text``, or a reported number as the paper printed it (``as_printed``: "88.0", not
-    "88.00"; same unit as the column), escaped."""
-    printed = get_field(column.metric(entry, rps_eps), "as_printed")
-    return escape(printed) if isinstance(printed, str) and text != MISSING else text
-
-
-def value_cell(column: Column, entry: Mapping[str, Any], rps_eps: str | None) -> str:
-    """One value cell's display text: ``n/a`` when the column's stage did not run, the
-    number as the column formats it, or as a paper printed it."""
-    if column.stage in not_applicable(entry):
-        return NOT_APPLICABLE
-    return printed_or(column, entry, format_value(column, column.value(entry, rps_eps),
-                                                  MISSING), rps_eps)
-
-
-def row_cells(entry: Mapping[str, Any], mark: str = "", omit_flags: Iterable[str] = (),
-              rps_eps: str | None = "8/255") -> list[str]:
-    """The cells of one leaderboard row, in :func:`table_headers` order, as display text.
-    ``mark`` follows the defense name (the table's footnote marks); ``omit_flags`` are left
-    out of the flags cell; RPS cosine is read at ``rps_eps``; a column whose stage did not
-    run (:func:`not_applicable`) reads ``n/a``; a reported number reads as the paper printed
-    it (:func:`value_cell`)."""
-    seed = get_field(entry, "seed")
-    return [escape(get_field(entry, "defense", "name")) + (f" {mark}" if mark else ""),
-            MISSING if seed is None else escape(seed),
-            *(value_cell(c, entry, rps_eps) for c in board_columns(active_columns())),
-            flags_text(entry, omit_flags)]
-
-
-def heading(key: GroupKey) -> str:
-    """The markdown heading line of a table (a reported-only table's version is None)."""
-    return f"### {escape(table_title(key))}"
-
-
-def _all_not_converged(entries: Sequence[Mapping[str, Any]]) -> bool:
-    return bool(entries) and all(get_field(e, "flags", "not_converged") is True
-                                 for e in entries)
-
-
-def _tolerance(entries: Sequence[Mapping[str, Any]]) -> float:
-    """The not_converged threshold the entries record (the protocol's 5% when they do not,
-    or disagree)."""
-    found = {_num(get_field(e, "metrics", "manipulation_loss", "tolerance")) for e in entries}
-    return found.pop() if len(found) == 1 and None not in found else CONVERGENCE_TOLERANCE
-
-
-def _is_eps(key: str) -> bool:
-    try:
-        eps_value(key)
-    except (ValueError, ZeroDivisionError):
-        return False
-    return True
+from .render_cells import (DUPLICATE, MISSING, NO_DEFENSE, NOT_APPLICABLE,  # noqa: F401
+                           NOT_REFERENCE, GroupKey, _text, escape, flags_list, flags_text,
+                           group_key, heading, not_applicable, printed_or, reference_note,
+                           row_cells, table_headers, value_cell)
+from .render_notes import (_all_not_converged, _is_eps, _marks,  # noqa: F401
+                           _not_applicable_notes, _table_duplicates, _tolerance, _value,
+                           middle_eps, table_notes)
 
 
 # --- tables of a Board ---------------------------------------------------------------------
 
 def _as_board(entries: Any) -> Board:
     return entries if isinstance(entries, Board) else build_board(entries, reported_mode="all")
-
-
-def _marks(table: Table) -> tuple[dict[int, str], list[str]]:
-    """Per row (by index), the marks after its defense name, and the notes explaining them,
-    in plain text: the dagger for a non-reference recipe (numbered when the table has
-    several different ones), a double dagger and number for a duplicate group, a section
-    sign for a reported method that no xrbench defense implements."""
-    reasons = [(i, note) for i, r in enumerate(table.rows)
-               if (note := reference_note(r.entry)) is not None]
-    distinct = list(dict.fromkeys(n for _, n in reasons))
-    ref_mark = {n: NOT_REFERENCE if len(distinct) == 1 else f"{NOT_REFERENCE}{k}"
-                for k, n in enumerate(distinct, 1)}
-    marks: dict[int, list[str]] = {}
-    for i, note in reasons:
-        marks.setdefault(i, []).append(ref_mark[note])
-    notes = [f"{mark} {note}." for note, mark in ref_mark.items()]
-    unmatched: dict[str, str] = {}
-    for i, r in enumerate(table.rows):
-        if r.duplicate is not None:
-            marks.setdefault(i, []).append(f"{DUPLICATE}{r.duplicate}")
-        if r.reported and r.entry["reported"].get("xrbench_defense") is False:
-            marks.setdefault(i, []).append(NO_DEFENSE)
-            unmatched[str(get_field(r.entry, "defense", "name"))] = str(
-                r.entry["reported"].get("method"))
-    if unmatched:
-        notes.append(f"{NO_DEFENSE} no xrbench defense implements this reported method "
-                     "(named as the source names it): "
-                     + ", ".join(f"{k} = {v}" for k, v in unmatched.items()) + ".")
-    return {i: " ".join(m) for i, m in marks.items()}, notes
-
-
-def table_notes(table: Table) -> list[str]:
-    """What a table's rows cannot show in their numbers, once each, as plain text (callers
-    escape it): the row order, the retrieval column, a not_converged sentence, n/a stages,
-    non-reference recipes, where reported rows come from, duplicates."""
-    entries = [r.entry for r in table.rows]
-    measured = [r.entry for r in table.rows if not r.reported]
-    has_expl = any(_value(e, "expl_end") is not None for e in entries)
-    notes = []
-    if has_expl:
-        order = ("Measured rows first, then reported rows, each sorted"
-                 if table.has_reported and measured else "Rows sorted")
-        notes.append(f"{order} by Expl@end ascending (lower = the manipulation got closer to "
-                     "its target = less robust explanation). Expl values are mean L_e x1e7.")
-    else:
-        notes.append("Rows in defense-name order.")
-    if measured:
-        mids = sorted({m for e in measured
-                       if (m := middle_eps(get_field(e, "metrics", "retrieval",
-                                                     "relex_adv_mask")))},
-                      key=lambda k: (eps_value(k) if _is_eps(k) else 0.0, k))
-        notes.append("Retrieval: RelEx mask of x_adv, share of images whose clean prediction "
-                     f"is retrieved, at the middle eps ({', '.join(mids) if mids else MISSING}"
-                     f"). {MISSING} = not computed.")
-    if _all_not_converged(measured):
-        notes.append(
-            "Every measured row is flagged not_converged: the manipulation's mean loss still "
-            f"fell by more than {100 * _tolerance(measured):g}% over the second half of its "
-            "iterations (column Loss fall 2nd half); Expl@end is the value at the protocol's "
-            "fixed attack budget." if table.has_reported else
-            "Every row is flagged not_converged: the manipulation's mean loss still fell by "
-            f"more than {100 * _tolerance(measured):g}% over the second half of its iterations "
-            "(column Loss fall 2nd half); Expl@end is the value at the protocol's fixed "
-            "attack budget.")
-    notes.extend(_not_applicable_notes(measured))
-    notes.extend(_marks(table)[1])
-    sources: dict[str, dict[str, None]] = {}
-    for r in table.rows:
-        if r.reported:
-            rep = r.entry["reported"]
-            text = (f"{r.source} = numbers as printed in {rep.get('source')}, "
-                    f"{rep.get('table')}; not measured by xrbench (no checkpoint; the "
-                    f"paper's own setup). {rep.get('note', '')}".strip())
-            sources.setdefault(r.source, {})[text] = None
-    for texts in sources.values():
-        notes.extend(texts)
-    if table.has_reported:
-        notes.append(f"{MISSING} = not reported by the source (reported rows) or not computed "
-                     "(measured rows).")
-    for d in _table_duplicates(table):
-        notes.append(f"{DUPLICATE}{d.number} = the same source, defense and seed in "
-                     f"{len(d.files)} files, shown as they are (neither merged) and left out "
-                     f"of the correlations: {'; '.join(d.files)}.")
-    return [" ".join(n.split()) for n in notes]
-
-
-def _table_duplicates(table: Table) -> list[Duplicate]:
-    out: dict[int, Duplicate] = {}
-    for r in table.rows:
-        if r.duplicate is not None and r.duplicate not in out:
-            members = [m for m in table.rows if m.duplicate == r.duplicate]
-            out[r.duplicate] = Duplicate(r.duplicate, table.key, r.source,
-                                         str(get_field(r.entry, "defense", "name")),
-                                         get_field(r.entry, "seed"),
-                                         [str(m.file) for m in members])
-    return list(out.values())
-
-
-def _not_applicable_notes(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """One note per (stage, reason) that some row of the table reports as not applicable,
-    naming the columns it leaves n/a (plain text). A stage behind no column (the gallery,
-    which only feeds figures) gets no note: the table shows nothing of it."""
-    seen: dict[tuple[str, str], None] = {}
-    for e in entries:
-        for stage, reason in not_applicable(e).items():
-            seen[(stage, reason)] = None
-    notes = []
-    for stage, reason in seen:
-        cols = [c.header().split(" (")[0] for c in board_columns(active_columns()) if c.stage == stage]
-        if not cols:
-            continue
-        where = f" (columns {', '.join(cols)})"
-        notes.append(f"{NOT_APPLICABLE} = not applicable: {stage}{where}: {reason}.")
-    return notes
 
 
 def _drop_empty(headers: list[str], rows: list[list[str]], keep: int

@@ -19,7 +19,7 @@ from xrbench.leaderboard.board import published_dir
 from xrbench.data import DIGITS_CARD
 from xrbench.errors import XRBenchError
 from xrbench.leaderboard.schema import read_entry, write_entry
-from xrbench.protocol import get_profile
+from xrbench.protocol import PROTOCOL_VERSION, get_profile
 from xrbench.stages import STAGES
 from xrbench.sweep import (CHECKPOINT, CONFLICT, DONE, INVALID, NOTHING, PARTIAL, RAN,
                            SKIPPED, Cell, CellState, SweepSpec, _submission_order, cell_state,
@@ -121,7 +121,7 @@ def fake_entry(cell: Cell) -> dict:
     if epochs is not None:
         overrides = {"epochs": str(epochs), **overrides}
     recipe = build_recipe(cell.defense, DIGITS_CARD, cell.model, overrides)
-    e["protocol"]["profile"] = cell.profile
+    e["protocol"].update(profile=cell.profile, version=PROTOCOL_VERSION)  # as a run today
     e["protocol"]["parameters"].update({s.name: {} for s in STAGES})  # every stage ran
     e["defense"].update(name=cell.defense, recipe=recipe.to_dict(), recipe_hash=recipe.hash())
     e["explainer"]["name"], e["seed"] = cell.explainer, cell.seed

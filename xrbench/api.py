@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
+from . import evaluation as ev
 from .data import load_dataset
 from .errors import XRBenchError
 from .models import DEFAULT_BETA
-from .protocol import PROTOCOL_VERSION, Profile, check_seed, get_profile
+from .protocol import Profile, check_seed, get_profile
 from .train import TrainedModel, get_trained_model
 from .utils import cache_dir, file_lock, hash_config, lock_file, resolve_device
 
@@ -182,38 +183,15 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     :class:`~xrbench.executors.Executor`), merged into the entry an unsharded run writes
     (:mod:`xrbench.sharding`). Default: 1 locally, one shard per CPU of the Ray cluster.
     """
-    from .entry import build_entry
-    from .explainers import get_explainer
     from .leaderboard.examples import flatten
     from .leaderboard.schema import entry_path
-    from .models import count_parameters
-    from .registry import defenses, explainers, models
-    from .runtime import RunContext, StageCache
-    from .stage import run_stages
-    from .stages import STAGES
-    from .subset import ExtractorSpec, get_manifest
 
-    from .executors import Executor, get_executor
-
-    prof = profile if isinstance(profile, Profile) else get_profile(profile)
-    check_seed(seed)
-    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)
-                               or shards < 1):
-        raise XRBenchError(f"--shards must be an integer >= 1, got {shards!r}")
-    own_executor = not isinstance(executor, Executor)
-    runner = get_executor(executor, ray_address) if own_executor else executor
+    prof = ev.check_arguments(profile, seed, shards)
+    runner, own_executor = ev.executor_for(executor, ray_address)
     out_dir = Path(out).expanduser() if out is not None else default_results_dir()
     check_output_folder(out_dir)  # before hours of work, not after
-    defenses.get(defense)
-    models.get(model)
-    explainers.get(explainer)
-    expl = get_explainer(explainer)
-    dev = resolve_device(device)
-    ds = load_dataset(dataset, data_dir)
-    spec = ExtractorSpec(prof.extractor_epochs,
-                         None if extractor_weights is None else os.fspath(extractor_weights))
-    spec.check()  # a wrong --extractor-weights fails now, not after the training
-
+    expl, dev, ds, spec = ev.resolve(defense, model, explainer, device, dataset, data_dir,
+                                     prof, extractor_weights)
     if prof.train_epochs is not None and checkpoint is None:
         overrides = {"epochs": str(prof.train_epochs), **(overrides or {})}
     t0 = time.perf_counter()
@@ -222,42 +200,20 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
         overrides=overrides, seed=seed, device=dev, retrain=retrain, progress=progress,
         beta=beta, cache_root=cache_root)
     timing = {"train": round(train_seconds, 3)}
-    t1 = time.perf_counter()
-    manifest, _ = get_manifest(ds, prof.per_cluster, dev, extractor=spec, progress=progress,
-                               cache_root=cache_root, timing=timing)
-    timing["subset"] = round(time.perf_counter() - t1 - timing["extractor"], 3)
-    images, labels = ds.test.get_batch(torch.tensor(manifest["indices"]))
-
-    ctx = RunContext(
-        model=net, model_name=model, explainer=expl, dataset=ds, profile=prof,
-        images=images.to(dev), labels=labels.to(dev), device=dev, seed=seed,
-        progress=progress, cache=StageCache(cache_root, force=force), timing=timing,
-        base_key={"protocol": PROTOCOL_VERSION, "checkpoint": ckpt_info["sha256"],
-                  "manifest": manifest["sha256"], "explainer": expl.describe(),
-                  "seed": seed, "model": model, "device": dev.type},
-        shards=shards or 1, executor=runner)
-    try:
-        if shards is None:
-            ctx.shards = runner.parallelism()
-        ran = run_stages(ctx, STAGES)
-    finally:
-        if own_executor:
-            runner.close()
+    manifest, images, labels = ev.subset_images(ds, prof, dev, spec, progress=progress,
+                                                 cache_root=cache_root, timing=timing)
+    ctx = ev.run_context(net, model, expl, ds, prof, images, labels, dev, seed=seed,
+                         progress=progress, cache_root=cache_root, force=force, timing=timing,
+                         checkpoint_sha256=ckpt_info["sha256"],
+                         manifest_sha256=manifest["sha256"], shards=shards, runner=runner)
+    ran = ev.run_all_stages(ctx, runner, shards, own_executor)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
-
-    model_info = {"name": model, "parameters": count_parameters(net), "beta": beta,
-                  "activation": "softplus", **models.get_entry(model).provenance()}
-    entry = build_entry(ctx=ctx, stage_params=ran.params, metrics=ran.metrics,
-                        flags=ran.flags, manifest=manifest, defense=defense_info,
-                        checkpoint=ckpt_info, model_info=model_info,
-                        explainer_info=explainers.get_entry(explainer).provenance(),
-                        not_applicable=ran.not_applicable)
+    entry = ev.build_run_entry(ctx, ran, net, model, beta, explainer, manifest, defense_info,
+                               ckpt_info)
     examples = flatten(ran.outputs)
     done = _write(entry_path(out_dir, entry), entry, examples, force or replace, cache_root)
-    seconds = {"train": timing["train"], "extractor": timing["extractor"],
-               "subset": timing["subset"], **ran.seconds,
-               "total": timing["total"]}
-    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples, seconds)
+    return Result(done.entry, done.path, done.written, ctx.reused_stages, examples,
+                  ev.step_seconds(timing, ran))
 
 
 def _write(path: Path, entry: dict[str, Any], examples: dict[str, Any], force: bool,
@@ -335,7 +291,7 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
     ``logging`` warning naming it; duplicated rows are warned about and shown, not merged.
     ``intervals``: each value with its 95% bootstrap interval (markdown: the intervals view).
     ``reported``: where the reported entries shipped with xrbench (paper tables) appear:
-    ``all`` (beside measured rows of the same dataset, model, explainer and profile, and in
+    ``all`` (beside measured rows of the same dataset, model and explainer, any profile, and in
     tables of their own; the default without ``results``), ``beside`` (the default with
     ``results``) or ``none``. No table at all is an :class:`XRBenchError` naming the skipped
     files."""

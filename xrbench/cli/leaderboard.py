@@ -1,39 +1,27 @@
-"""The result commands of the ``xrbench`` command line: ``compare`` and ``leaderboard``.
-
-They read entries (and their per-example files) and print or write tables; nothing here
-trains or scores. :func:`add_commands` is called by :func:`xrbench.cli.build_parser`.
-"""
+"""``xrbench leaderboard``: the leaderboard tables (markdown, JSON or HTML) of result
+entries, with correlations. It reads entries and writes tables; nothing here trains or
+scores."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from .errors import XRBenchError
+from ..errors import XRBenchError
+from .common import Handler
 
 
-def add_commands(sub: Any) -> dict[str, Any]:
-    """Add this module's subparsers to ``sub``; return ``{command: handler}``."""
-    p = sub.add_parser("compare", help="compare two entries metric by metric, paired",
-                       description="B - A for every metric of two entries scored on the same "
-                                   "subset (same dataset, profile, protocol version, manifest "
-                                   "and seed), with a paired bootstrap 95% interval over the "
-                                   "shared images (victims for pair metrics), read from the "
-                                   "entries' per-example files; 'zero in CI' says whether the "
-                                   "difference could be noise.")
-    p.add_argument("a", metavar="A", help="entry JSON (the reference)")
-    p.add_argument("b", metavar="B", help="entry JSON compared against A")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
-
+def add_commands(sub: Any) -> dict[str, Handler]:
+    """Add the ``leaderboard`` subparser to ``sub``; return ``{"leaderboard": handler}``."""
     p = sub.add_parser(
         "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
         description="One table per (dataset, model, explainer, profile, protocol version), "
                     "rows sorted by Expl@end; under each, the correlation of PGD accuracy with "
                     "each explanation metric (Spearman and Kendall, 95% bootstrap interval "
                     "over the table's rows; a sentence instead below 4 rows). Numbers copied "
-                    "from the SEP paper's Table 2 and Joo et al. 2023's Table 1 ship as "
+                    "from the SEP paper's Tables 2 and 15 and Joo et al. 2023's Table 1 ship as "
                     "'reported' rows, labelled as such, beside measured rows of the same "
-                    "dataset, model, explainer and profile. A file that is not a valid entry "
+                    "dataset, model and explainer (any profile). A file that is not a valid entry "
                     "is skipped with a warning naming it; two rows with the same source, "
                     "defense and seed are both shown, marked, and warned about.")
     p.add_argument("--results", action="append", default=None, metavar="DIR",
@@ -60,29 +48,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
                         "profile, and in tables of their own (default without --results); "
                         "beside = only beside measured rows (default with --results); "
                         "none = left out")
-    return {"compare": _cmd_compare, "leaderboard": _cmd_leaderboard}
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
-
-    from . import api
-    from .leaderboard.schema import read_entry
-
-    rows = []
-    for d in api.compare(args.a, args.b, n_resamples=args.resamples):
-        scale, unit = (1e7, " (x1e-7)") if d.metric.startswith("expl_") else (1.0, "")
-        rows.append((d.metric + unit, f"{d.a * scale:.4g}", f"{d.b * scale:.4g}",
-                     f"{d.diff * scale:+.4g}", f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]",
-                     "yes" if d.zero_inside else "no", f"{d.n} / {d.units}"))
-    a, b = read_entry(args.a), read_entry(args.b)
-    print(f"A = {a['defense']['name']}, B = {b['defense']['name']} on {a['dataset']['name']} / "
-          f"{a['model']['name']} / {a['explainer']['name']} / profile "
-          f"{a['protocol']['profile']}; paired bootstrap over the shared examples")
-    print(tabulate(rows, headers=["metric", "A", "B", "B - A", "95% CI of B - A", "zero in CI",
-                                  "examples / units"], tablefmt="simple",
-                   disable_numparse=True))
-    return 0
+    return {"leaderboard": _cmd_leaderboard}
 
 
 _SUFFIX_FORMAT = {".md": "md", ".markdown": "md", ".json": "json", ".html": "html",
@@ -104,8 +70,8 @@ def leaderboard_format(fmt: str | None, out: str | None) -> str:
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import api
-    from .utils import atomic_write_text
+    from .. import api
+    from ..utils import atomic_write_text
 
     fmt = leaderboard_format(args.format, args.out)
     out = Path(args.out) if args.out else None

@@ -3,7 +3,7 @@
 The logic is :mod:`xrbench.leaderboard.regress` (pure functions over entries and their
 per-example files); this module parses, prints and sets the exit code: 0 when every metric is
 within its band and the two sides hold the same entries, 1 otherwise, 2 on a usage error.
-:func:`add_commands` is called by :func:`xrbench.cli.build_parser`.
+:func:`add_commands` is called by :func:`xrbench.cli.app.build_parser`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ comparable (another protocol version or subset manifest).
 
 def add_commands(sub: Any) -> dict[str, Any]:
     """Add ``regress`` to ``sub``; return ``{"regress": handler}``."""
-    from .leaderboard.regress import DEFAULT_ATOL, DEFAULT_K, DEFAULT_RTOL
+    from ..leaderboard.regress import DEFAULT_ATOL, DEFAULT_K, DEFAULT_RTOL
 
     p = sub.add_parser("regress", help="fail when metric values moved beyond their band "
                                        "(CI regression guard)",
@@ -79,7 +79,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
 def _cmd_regress(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .leaderboard import regress as rg
+    from ..leaderboard import regress as rg
 
     settings = rg.Settings(mode=args.mode, rtol=args.rtol, atol=args.atol,
                            metric_tolerances=rg.parse_metric_tolerances(args.metrics), k=args.k,

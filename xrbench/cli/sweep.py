@@ -1,6 +1,6 @@
 """The ``xrbench sweep`` command: one evaluate per cell of defenses x datasets x models x
 explainers x seeds x recipe grid (:mod:`xrbench.sweep`), in this process or on a Ray cluster.
-:func:`add_commands` is called by :func:`xrbench.cli.build_parser`.
+:func:`add_commands` is called by :func:`xrbench.cli.app.build_parser`.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ examples:
 
 def add_commands(sub: Any) -> dict[str, Any]:
     """Add the ``sweep`` subparser to ``sub``; return ``{"sweep": handler}``."""
-    from .cli import add_executor_options
-    from .protocol import PROFILES
+    from .common import add_executor_options
+    from ..protocol import PROFILES
 
     p = sub.add_parser("sweep", help="evaluate every cell of defenses x datasets x models x "
                                      "explainers x seeds x recipe grid, locally or on Ray",
@@ -113,10 +113,10 @@ def add_commands(sub: Any) -> dict[str, Any]:
 
 
 def _spec(args: argparse.Namespace) -> Any:
-    from .cli import _parse_sets
-    from .sweep import SweepSpec, parse_grid, parse_seeds, split_list
+    from .common import parse_sets
+    from ..sweep import SweepSpec, parse_grid, parse_seeds, split_list
 
-    sets = _parse_sets(args.sets)
+    sets = parse_sets(args.sets)
     if args.epochs is not None:
         sets["epochs"] = str(args.epochs)
     return SweepSpec(defenses=split_list(args.defenses, "--defenses"),
@@ -138,9 +138,9 @@ def _show(path: Path) -> str:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .errors import XRBenchError
-    from .executors import get_executor
-    from .sweep import FAILED, RAN, SKIPPED, plan, run_sweep
+    from ..errors import XRBenchError
+    from ..executors import get_executor
+    from ..sweep import FAILED, RAN, SKIPPED, plan, run_sweep
 
     import logging
     import time

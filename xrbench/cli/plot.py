@@ -3,7 +3,7 @@
 ``xrbench plot KIND ENTRY... --out FILE.png`` draws one figure (:mod:`xrbench.plots`) of the
 entries named (JSON files, or folders searched for them) and writes it atomically; it never
 overwrites a file without ``--force``. :func:`add_commands` is called by
-:func:`xrbench.cli.build_parser`.
+:func:`xrbench.cli.app.build_parser`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import XRBenchError
+from ..errors import XRBenchError
 
 DESCRIPTION = """\
 Draw one figure of result entries (all of one leaderboard table: same dataset, model,
@@ -31,7 +31,7 @@ their evaluate command adds them (docs/figures.md)."""
 
 def add_commands(sub: Any) -> dict[str, Any]:
     """Add the ``plot`` subparser to ``sub``; return ``{"plot": handler}``."""
-    from .plots import KINDS
+    from ..plots import KINDS
 
     p = sub.add_parser("plot", help="draw a figure (landscape, insertion, gallery, scatter) of "
                                     "entries as a PNG",
@@ -80,8 +80,8 @@ def load_items(files: list[Path], with_examples: bool
                ) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
     """(entry, per-example arrays) of each file; every entry validated, every per-example
     file checked against its sha256 (``with_examples=False`` reads no arrays)."""
-    from .leaderboard.examples import read_examples
-    from .leaderboard.schema import read_entry
+    from ..leaderboard.examples import read_examples
+    from ..leaderboard.schema import read_entry
 
     items = []
     for f in files:
@@ -91,8 +91,8 @@ def load_items(files: list[Path], with_examples: bool
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from . import plots
-    from .utils import atomic_write_bytes
+    from .. import plots
+    from ..utils import atomic_write_bytes
 
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".png":
