@@ -50,6 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 os.environ.setdefault("XRBENCH_OFFLINE", "1")
+os.environ.setdefault("XRBENCH_STANDIN_DATA", "1")  # stand-in files in the real formats
 
 import xrbench  # noqa: E402,F401
 from xrbench import standins  # noqa: E402

@@ -11,9 +11,10 @@ Tables (PROTOCOL.md section 8): one per (dataset, model, explainer, profile, pro
 version) of the measured entries. Measured rows come first, sorted by Expl@end ascending;
 reported rows (numbers copied from a paper, :func:`~xrbench.leaderboard.schema.is_reported`)
 follow, sorted the same way, each labelled with its source. A reported row has no protocol
-version (the paper's setup is none of xrbench's): it joins every measured table of the same
-dataset, model, explainer and profile, and where there is none it gets a table of its own
-(``reported_only``; only with ``reported="all"``).
+version and no xrbench profile (the paper's setup is none of xrbench's): it joins every
+measured table of the same dataset, model and explainer, whatever its profile and version (a
+paper's Table 15 beside the rows a CPU can afford at ``quick``), and where there is none it
+gets a table of its own (``reported_only``; only with ``reported="all"``).
 
 Duplicates: two rows of one table with the same source, defense, recipe and seed (two files
 of the same run, or of two runs) are not merged and neither is dropped (rows of one defense
@@ -178,8 +179,8 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
     own: dict[TableKey, Table] = {}
     if reported_mode != "none":
         for r in reported:
-            k4 = table_key(r.entry)[:4]
-            hosts = [t for k, t in tables.items() if k[:4] == k4]
+            k4 = table_key(r.entry)[:4]  # (dataset, model, explainer, profile as reported)
+            hosts = [t for k, t in tables.items() if k[:3] == k4[:3]]
             for t in hosts:
                 t.rows.append(Row(r.entry, r.file))
             if not hosts and reported_mode == "all":

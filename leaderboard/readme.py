@@ -36,8 +36,8 @@ def render_readme() -> str:
         f"({measured} measured rows) and the reported paper tables in `leaderboard/reported/` "
         f"({reported} rows); the same tables as `xrbench leaderboard` prints with no "
         "arguments. Reported rows are numbers copied from a paper, labelled in their "
-        "`source` column; they sit beside measured rows of the same dataset, model, explainer "
-        "and profile, and in tables of their own where nothing is measured yet. How to read "
+        "`source` column; they sit beside measured rows of the same dataset, model and "
+        "explainer (any profile), and in tables of their own where nothing is measured yet. How to read "
         "the tables and the correlation lines: `docs/leaderboard.md`.\n\n")
     return head + render_markdown(board)
 

@@ -15,11 +15,11 @@ Conventions where the references are silent or differ:
 - Pearson uses population moments on both sides of the ratio. RobustAGA
   ``utils/metrics.py::calc_pcc`` divides a population covariance by sample standard
   deviations, which scales r by (n - 1) / n (0.984 on 8 x 8 maps); we report the true r.
-- SSIM follows scikit-image ``structural_similarity(im1, im2, gaussian_weights=True,
-  sigma=1.5, use_sample_covariance=False, data_range=1, win_size=7)`` exactly (Wang et al.
-  2004), see :func:`ssim`. RobustAGA's ``ssim`` (a pytorch-ssim copy) instead zero-pads a
-  7-tap Gaussian, averages over the whole map including the borders and takes L from the
-  range of the first batch; its values differ from ours near the borders.
+- SSIM is computed as RobustAGA ``utils/metrics.py::ssim`` computes it (protocol version 3):
+  a 7-tap Gaussian window, zero padding, the mean of the whole SSIM map, see :func:`ssim`;
+  L is fixed at 1 (the maps' range) where the reference reads it off the first batch.
+  Protocol version 2 used scikit-image's 11-tap window and cropped the border, which on
+  8 x 8 maps averaged the central 2 x 2 pixels alone.
 """
 
 from __future__ import annotations
@@ -29,9 +29,8 @@ import torch.nn.functional as F
 
 SSIM_K1 = 0.01  # C1 = (K1 L)^2, Wang et al. 2004
 SSIM_K2 = 0.03  # C2 = (K2 L)^2
-SSIM_SIGMA = 1.5
-SSIM_WIN_SIZE = 7
-SSIM_TRUNCATE = 3.5  # scikit-image's Gaussian truncation: radius int(3.5 * 1.5 + 0.5) = 5
+SSIM_SIGMA = 1.5  # RobustAGA utils/metrics.py gaussian(window_size, 1.5)
+SSIM_WIN_SIZE = 7  # RobustAGA utils/metrics.py ssim(..., window_size=7)
 
 
 def _as_maps(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,75 +73,51 @@ def pearson_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return _safe_ratio((a * b).sum(1), a.norm(dim=1) * b.norm(dim=1))
 
 
-def gaussian_kernel1d(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE,
-                      dtype: torch.dtype = torch.float64,
-                      device: torch.device | str | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian taps ``exp(-t^2 / (2 sigma^2))``, t = -r..r,
-    r = int(truncate * sigma + 0.5) (scipy.ndimage's radius): 11 taps for sigma 1.5."""
-    r = int(truncate * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=dtype, device=device)
-    w = torch.exp(-0.5 * (t / sigma) ** 2)
+def gaussian_window(win_size: int = SSIM_WIN_SIZE, sigma: float = SSIM_SIGMA,
+                    dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """The 1-D window: ``exp(-t^2 / (2 sigma^2))`` at t = -(w // 2) .. w // 2, normalised to
+    sum 1 (7 taps for the protocol's window; the 2-D window is its outer product)."""
+    t = torch.arange(win_size, dtype=dtype, device=device) - win_size // 2
+    w = torch.exp(-(t ** 2) / (2 * sigma ** 2))
     return w / w.sum()
 
 
-def _symmetric_index(n: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Indices of a length-n axis padded by ``pad`` on each side with half-sample symmetric
-    reflection (d c b a | a b c d | d c b a), scipy.ndimage's ``mode='reflect'``; valid for
-    any pad, also pad > n."""
-    i = torch.arange(-pad, n + pad, device=device) % (2 * n)
-    return torch.where(i >= n, 2 * n - 1 - i, i)
-
-
-def gaussian_filter(x: torch.Tensor, sigma: float = SSIM_SIGMA,
-                    truncate: float = SSIM_TRUNCATE) -> torch.Tensor:
-    """Separable Gaussian blur of (B, K, H, W) with symmetric ('reflect') borders, same size
-    out: scipy.ndimage ``gaussian_filter(mode='reflect', truncate=truncate)`` per channel."""
-    w = gaussian_kernel1d(sigma, truncate, dtype=x.dtype, device=x.device)
-    r = (w.numel() - 1) // 2
-    k = x.shape[1]
-    h_idx = _symmetric_index(x.shape[-2], r, x.device)
-    w_idx = _symmetric_index(x.shape[-1], r, x.device)
-    xp = x.index_select(-2, h_idx).index_select(-1, w_idx)
-    xp = F.conv2d(xp, w.view(1, 1, -1, 1).expand(k, 1, -1, 1), groups=k)
-    return F.conv2d(xp, w.view(1, 1, 1, -1).expand(k, 1, 1, -1), groups=k)
+def gaussian_blur_zero_pad(x: torch.Tensor, win_size: int = SSIM_WIN_SIZE,
+                           sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """(B, K, H, W) filtered with the 2-D window, zero padding of ``win_size // 2`` pixels on
+    each side, same size out (separable: the outer-product window over zero-padded maps)."""
+    w = gaussian_window(win_size, sigma, dtype=x.dtype, device=x.device)
+    k, p = x.shape[1], win_size // 2
+    x = F.conv2d(x, w.view(1, 1, -1, 1).expand(k, 1, -1, 1), padding=(p, 0), groups=k)
+    return F.conv2d(x, w.view(1, 1, 1, -1).expand(k, 1, 1, -1), padding=(0, p), groups=k)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, *, data_range: float = 1.0,
          win_size: int = SSIM_WIN_SIZE, sigma: float = SSIM_SIGMA, k1: float = SSIM_K1,
          k2: float = SSIM_K2) -> torch.Tensor:
-    """Mean structural similarity (Wang et al. 2004, eq. 13) of each map pair: (N,) in [-1, 1].
+    """Mean structural similarity (Wang et al. 2004) of each map pair: (N,) in [-1, 1].
 
-    Local statistics use a Gaussian window (sigma 1.5) with population (co)variances;
-    C1 = (k1 L)^2, C2 = (k2 L)^2 with L = ``data_range`` = 1 for ``max_map`` maps.
-
-    Borders, exactly as scikit-image ``structural_similarity(..., gaussian_weights=True,
-    sigma=1.5, use_sample_covariance=False, data_range=1, win_size=7)``:
-
-    - the Gaussian is scipy.ndimage's, truncated at 3.5 sigma, i.e. 11 taps for sigma 1.5
-      (scikit-image does not shorten the filter when ``win_size`` is given);
-    - the maps are extended by half-sample symmetric reflection ('reflect' mode);
-    - the SSIM map is averaged after cropping (win_size - 1) // 2 = 3 pixels from each
-      border. ``win_size`` (the protocol's "window 7") sets only this crop and the smallest
-      map allowed (H, W >= win_size). On an 8 x 8 map the mean is over the central 2 x 2.
-
-    scikit-image's own default, win_size = 11 (the filter width), rejects maps smaller than
-    11 x 11 such as the 8 x 8 digits maps; the protocol fixes 7. Computed in float64.
+    As RobustAGA ``utils/metrics.py::ssim`` (PROTOCOL 5.3, version 3): local means
+    ``mu = G * a`` and (co)variances ``G * (a b) - mu_a mu_b`` with ``G`` the normalised
+    ``win_size``-tap Gaussian window (sigma 1.5) applied with zero padding of
+    ``win_size // 2`` pixels, so the SSIM map has the maps' own size; C1 = (k1 L)^2,
+    C2 = (k2 L)^2 with L = ``data_range`` = 1 for ``max_map`` maps; the per-pair value is
+    the mean of the SSIM map over all of its pixels, borders included. Computed in float64.
     """
+    if win_size % 2 != 1 or win_size < 1:
+        raise ValueError(f"ssim win_size must be a positive odd number, got {win_size}")
     a, b = _as_maps(a, b)
-    h, w = a.shape[-2:]
-    if win_size % 2 != 1 or win_size > min(h, w):
-        raise ValueError(f"ssim win_size must be odd and <= the map side, got {win_size} "
-                         f"for {h}x{w} maps")
     out_dtype = a.dtype
     a, b = a.double().unsqueeze(1), b.double().unsqueeze(1)
-    stats = gaussian_filter(torch.cat([a, b, a * a, b * b, a * b], dim=1), sigma)
+    stats = gaussian_blur_zero_pad(torch.cat([a, b, a * a, b * b, a * b], dim=1), win_size,
+                                   sigma)
     mu_a, mu_b, e_aa, e_bb, e_ab = stats.unbind(dim=1)
     var_a, var_b, cov = e_aa - mu_a ** 2, e_bb - mu_b ** 2, e_ab - mu_a * mu_b
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1)
                                                     * (var_a + var_b + c2))
-    p = (win_size - 1) // 2
-    return s[:, p:h - p, p:w - p].mean(dim=(1, 2)).to(out_dtype)
+    return s.mean(dim=(1, 2)).to(out_dtype)
 
 
 SIMILARITIES = {"cosine": cosine_similarity, "pcc": pearson_correlation, "ssim": ssim}

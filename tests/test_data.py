@@ -5,6 +5,7 @@ patched; all parsing is the libraries' own."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import struct
@@ -22,7 +23,10 @@ from xrbench.data import (
     dataset_card,
     load_dataset,
 )
+from xrbench import standins
+from xrbench.data import STANDIN_ENV
 from xrbench.errors import XRBenchError
+from xrbench.idx_files import arrays_sha256
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -105,7 +109,9 @@ def _write_idx_labels(path: Path, labels: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
-def test_mnist_like_from_idx_files(tmp_path: Path, name: str, folder: str) -> None:
+def test_mnist_like_from_idx_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                   folder: str) -> None:
+    monkeypatch.setenv(STANDIN_ENV, "1")  # five images: a stand-in, not the published set
     rng = np.random.default_rng(0)
     raw = tmp_path / folder / "raw"
     raw.mkdir(parents=True)
@@ -130,6 +136,8 @@ def test_mnist_like_from_idx_files(tmp_path: Path, name: str, folder: str) -> No
         assert y.dtype == torch.int64 and y.tolist() == ys.tolist()
     x, _ = ds.train.get_batch(torch.tensor([1, 0]))
     assert torch.all(x[0] == 1.0) and torch.all(x[1] == 0.0)
+    assert ds.card.content_sha256 == arrays_sha256([tr_x, tr_y, te_x, te_y])
+    assert (ds.card.train_size, ds.card.test_size) == (5, 3) and "stand-in" in ds.card.source
 
 
 # --- CIFAR10 / CIFAR100 (python pickles) ---------------------------------------------------------
@@ -393,6 +401,12 @@ def test_torchvision_missing_offline(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                      name: str, cls: str, what: str) -> None:
     import torchvision
 
+    from xrbench import data
+
+    if name in data.IDX_BY_NAME:  # not the real files a system package installed
+        monkeypatch.setitem(data.IDX_BY_NAME, name, dataclasses.replace(
+            data.IDX_BY_NAME[name], system=(tmp_path / "no-system-copy",)))
+
     calls: list[object] = []
     monkeypatch.setattr(getattr(torchvision.datasets, cls), "download",
                         lambda self: calls.append(self))
@@ -544,14 +558,20 @@ def test_cifar_folder_missing_a_file_names_it(tmp_path: Path, _skip_md5) -> None
     assert f"found {base}" in msg and "'data_batch_3' is missing" in msg and "extract" in msg
 
 
-@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
-def test_mnist_like_from_the_original_gz_files(tmp_path: Path, name: str, folder: str) -> None:
-    """Only the four published ``.gz`` archives: decompressed beside themselves and read."""
+@pytest.mark.parametrize("name,layout", [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw"),
+                                         ("fashion_mnist", "."), ("fashion_mnist", "fashion-mnist")])
+def test_mnist_like_from_the_original_gz_files_read_only(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         name: str, layout: str) -> None:
+    """Only the four published ``.gz`` archives, in torchvision's layout, flat in the folder
+    given, or in a ``fashion-mnist`` folder below it (Debian's name), read-only: read in
+    memory, nothing written beside them."""
     import gzip
 
+    monkeypatch.setenv(STANDIN_ENV, "1")
     rng = np.random.default_rng(4)
-    raw = tmp_path / folder / "raw"
-    raw.mkdir(parents=True)
+    raw = tmp_path / layout
+    raw.mkdir(parents=True, exist_ok=True)
     tr_x, tr_y = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6) % 10
     te_x, te_y = rng.integers(0, 256, (4, 28, 28), dtype=np.uint8), np.array([7, 0, 9, 1])
     for stem, writer, arr in (("train-images-idx3-ubyte", _write_idx_images, tr_x),
@@ -561,15 +581,83 @@ def test_mnist_like_from_the_original_gz_files(tmp_path: Path, name: str, folder
         writer(raw / stem, arr)
         (raw / f"{stem}.gz").write_bytes(gzip.compress((raw / stem).read_bytes()))
         (raw / stem).unlink()
-    assert sorted(p.suffix for p in raw.iterdir()) == [".gz"] * 4
-
-    ds = load_dataset(name, data_dir=tmp_path)
+    before = sorted(p.name for p in raw.iterdir())
+    raw.chmod(0o555)
+    try:
+        ds = load_dataset(name, data_dir=tmp_path)
+    finally:
+        raw.chmod(0o755)
     for split, xs, ys in ((ds.train, tr_x, tr_y), (ds.test, te_x, te_y)):
         x, y = _all(split)
         assert torch.equal(x, torch.from_numpy(xs).float()[:, None] / 255.0)
         assert y.tolist() == ys.tolist()
-    assert len(list(raw.glob("*.gz"))) == 4 and len(list(raw.glob("*-ubyte"))) == 4
-    assert not list(raw.glob(".*"))  # no temporary files left
+    assert sorted(p.name for p in raw.iterdir()) == before  # nothing written beside them
+
+
+def test_mnist_like_files_are_checked_against_the_card(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the stand-in switch, small files are not the data set (counts), and
+    Fashion-MNIST-shaped files with other contents are not Fashion-MNIST (sha256)."""
+    monkeypatch.delenv(STANDIN_ENV, raising=False)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 60000), ("t10k", 10000)):
+        _write_idx_images(raw / f"{split}-images-idx3-ubyte",
+                          rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx_labels(raw / f"{split}-labels-idx1-ubyte", np.arange(n) % 10)
+    with pytest.raises(XRBenchError, match="not the published fashion_mnist data set"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    _write_idx_labels(raw / "t10k-labels-idx1-ubyte", np.arange(10000) % 9)
+    with pytest.raises(XRBenchError, match="classes 0..9"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    _write_idx_labels(raw / "t10k-labels-idx1-ubyte", np.r_[np.arange(9990) % 10, [0] * 10])
+    with pytest.raises(XRBenchError, match="not balanced"):
+        load_dataset("fashion_mnist", data_dir=tmp_path)
+    small = tmp_path / "small"
+    standins.write_mnist(small, 20, 10)
+    with pytest.raises(XRBenchError, match=r"\(60000, 28, 28\).*not the mnist files"):
+        load_dataset("mnist", data_dir=small)
+
+
+def test_idx_header_is_checked_before_reading(tmp_path: Path) -> None:
+    """A header declaring more than any MNIST-like file holds, a wrong magic, or missing
+    bytes: one error naming the file, nothing allocated for the declared size."""
+    from xrbench.idx_files import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">IIII", 2051, 4_000_000_000, 1000, 1000))
+    with pytest.raises(XRBenchError, match="declares .* more than any MNIST-like file"):
+        read_idx(path, 3)
+    path.write_bytes(struct.pack(">IIII", 2049, 1, 28, 28))
+    with pytest.raises(XRBenchError, match="not an idx file"):
+        read_idx(path, 3)
+    path.write_bytes(struct.pack(">IIII", 2051, 2, 28, 28) + b"\0" * 100)
+    with pytest.raises(XRBenchError, match="truncated"):
+        read_idx(path, 3)
+    path.write_bytes(struct.pack(">IIII", 2051, 1, 2, 2) + b"\0" * 5)
+    with pytest.raises(XRBenchError, match="more bytes than its header"):
+        read_idx(path, 3)
+
+
+def test_fashion_mnist_not_found_lists_every_place(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No files anywhere (the Debian folder pointed at an empty one): the message names
+    each folder looked in and the package that installs the data set."""
+    from xrbench import data
+
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    monkeypatch.setitem(data.IDX_BY_NAME, "fashion_mnist",
+                        dataclasses.replace(data.IDX_BY_NAME["fashion_mnist"], system=(system,)))
+    monkeypatch.setenv("XRBENCH_OFFLINE", "1")
+    root = tmp_path / "data"
+    with pytest.raises(XRBenchError) as info:
+        load_dataset("fashion_mnist", data_dir=root)
+    msg = str(info.value)
+    for where in (root / "FashionMNIST" / "raw", root / "FashionMNIST", root / "fashion-mnist",
+                  root, system):
+        assert str(where) in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "--data-dir" in msg
 
 
 def test_mnist_truncated_gz_names_the_file(tmp_path: Path) -> None:
@@ -579,10 +667,11 @@ def test_mnist_truncated_gz_names_the_file(tmp_path: Path) -> None:
     raw.mkdir(parents=True)
     for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        (raw / f"{stem}.gz").write_bytes(gzip.compress(os.urandom(4096))[:2000])
+        whole = struct.pack(">IIII", 2051, 100, 28, 28) + os.urandom(78400)
+        (raw / f"{stem}.gz").write_bytes(gzip.compress(whole)[:2000])  # cut mid-stream
     with pytest.raises(XRBenchError) as info:
         load_dataset("mnist", data_dir=tmp_path)
     msg = str(info.value)
-    assert "cannot decompress" in msg and "train-images-idx3-ubyte.gz" in msg
+    assert "cannot read" in msg and "train-images-idx3-ubyte.gz" in msg
     assert "download it again" in msg
     assert not (raw / "train-images-idx3-ubyte").exists()

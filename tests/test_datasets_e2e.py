@@ -52,6 +52,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     dirs = {k: tmp_path / k for k in ("cache", "data", "out")}
     monkeypatch.setenv("XRBENCH_CACHE", str(dirs["cache"]))
     monkeypatch.setenv("XRBENCH_OFFLINE", "1")
+    monkeypatch.setenv("XRBENCH_STANDIN_DATA", "1")  # small files in the real formats
     monkeypatch.delenv("XRBENCH_DATA", raising=False)
     monkeypatch.setattr(tv_cifar, "check_integrity",
                         lambda fpath, md5=None: os.path.isfile(fpath))

@@ -93,11 +93,33 @@ def test_reported_rows_join_every_protocol_version_and_stand_alone_elsewhere() -
     assert all(len(t.rows) == 5 for t in board.tables[:2])  # 1 measured + 4 reported each
     rest = board.tables[2:]
     assert all(t.reported_only and t.key[4] is None for t in rest)
-    assert len(rest) == 6 - 1 + 3  # SEP: 6 (dataset, model) tables, one hosted; Joo: 3
+    # SEP Table 2: 6 (dataset, model) tables, one hosted; Table 15: 4; Joo: 3
+    assert len(rest) == 6 - 1 + 4 + 3
     assert "cifar10 / lenet / gradient / profile paper / reported only" in titles
-    assert board.n_entries == 2 + 38
+    assert board.n_entries == 2 + 54
     none = build_board([mnist("mat", 80.0, 3e-5)] + _reported(), reported_mode="none")
     assert [len(t.rows) for t in none.tables] == [1]
+
+
+def test_reported_rows_join_a_measured_table_of_any_profile() -> None:
+    """Table 15 (the paper's own setup) beside Fashion-MNIST rows a CPU measured at quick:
+    the reported rows have no xrbench profile, so they join every profile's table of the same
+    dataset, model and explainer, and are not left standing alone as well."""
+    e = mnist("mat", 70.0, 5e-6, version=3)
+    e["dataset"]["name"] = "fashion_mnist"
+    e["explainer"]["name"] = "guided_backprop"
+    e["protocol"]["profile"] = "quick"
+    board = build_board([e] + _reported(), reported_mode="all")
+    host = board.tables[0]
+    assert host.title == "fashion_mnist / convnet / guided_backprop / profile quick / protocol v3"
+    assert [(r.source, r.entry["defense"]["name"]) for r in host.rows] == [
+        ("measured", "mat"), *(("reported: SEP paper, Table 15", d)
+                               for d in ("normal", "sep_pos", "mat", "sep_neg"))]
+    assert not any(t.title.startswith("fashion_mnist / convnet / guided_backprop")
+                   for t in board.tables[1:])
+    md = render_markdown(build_board([e] + _reported(), reported_mode="beside"))
+    assert _row(md, "mat", "reported")[:7] == ["mat", "–", "reported: SEP paper, Table 15",
+                                               "62.85", "73.98", "97.726", "72.402"]
 
 
 def test_a_reported_only_table_leaves_out_what_the_paper_did_not_report() -> None:

@@ -26,7 +26,8 @@ def _shipped() -> dict[tuple[str, str, str, str], dict[str, Any]]:
 def test_every_shipped_reported_file_validates_and_is_flagged() -> None:
     root = reported_dir()
     paths = sorted(root.rglob("*.json"))
-    assert len(paths) == 24 + 14  # 3 datasets x 2 models x 4 methods; 6 + 4 + 4 rows
+    # Table 2: 3 datasets x 2 models x 4 methods; Table 15: 2 x 2 x 4; Joo: 6 + 4 + 4 rows
+    assert len(paths) == 24 + 16 + 14
     for p in paths:
         e = read_entry(p)
         assert is_reported(e) and e["schema_version"] == 3
@@ -54,6 +55,22 @@ def test_reported_values_are_the_printed_numbers_in_entry_units() -> None:
     assert e["metrics"]["pgd_acc"]["value"] == 0.0
     assert {k[1] for k in rows if k[0] == sep} == {"mnist", "cifar10", "tinyimagenet"}
     assert sum(k[0] == sep for k in rows) == 24
+
+    t15 = "SEP paper, Table 15"  # guided backprop, PROTOCOL.md 9
+    e = rows[(t15, "fashion_mnist", "resnet18", "sep_neg")]  # 4219.351 / 3839.408 / 80.11 / 72.21
+    assert [e["metrics"][k]["value"] for k in ("expl_start", "expl_end", "clean_acc",
+                                                "pgd_acc")] == [4219.351e-7, 3839.408e-7, 80.11,
+                                                                72.21]
+    assert e["explainer"]["name"] == "guided_backprop" and e["reported"]["table"] == "Table 15"
+    printed_above = {k[1:] for k, v in rows.items() if k[0] == t15
+                     and v["metrics"]["pgd_acc"]["value"] > v["metrics"]["clean_acc"]["value"]}
+    assert printed_above == {("fashion_mnist", "convnet", "mat"),
+                             ("fashion_mnist", "convnet", "sep_neg")}
+    assert all("reproduced as printed" in rows[(t15, *k)]["reported"]["note"]
+               for k in printed_above)
+    e = rows[(t15, "tinyimagenet", "resnet18", "sep_pos")]  # printed "28 68"
+    assert e["metrics"]["clean_acc"]["value"] == 28.68 and "28 68" in e["reported"]["note"]
+    assert sum(k[0] == t15 for k in rows) == 16
 
     joo = "Joo et al. 2023, Table 1"
     e = rows[(joo, "cifar10", "resnet18", "l2_cosd")]  # 93.0 / 0.931 / 53.4 / 48.9

@@ -8,10 +8,7 @@ import torch
 
 from xrbench.explainers import get_explainer
 from xrbench.metrics.rps import rps
-from xrbench.metrics.similarity import (cosine_similarity, gaussian_filter, pearson_correlation,
-                                        ssim)
-
-skimage_metrics = pytest.importorskip("skimage.metrics")
+from xrbench.metrics.similarity import cosine_similarity, pearson_correlation, ssim
 
 
 def _maps(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,32 +18,54 @@ def _maps(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-@pytest.mark.parametrize("size", [8, 32])
-def test_ssim_matches_scikit_image(size: int) -> None:
-    a, b = _maps(6, size, seed=size)
-    ours = ssim(a, b)
-    ref = [skimage_metrics.structural_similarity(
-        a[i].numpy(), b[i].numpy(), gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, data_range=1.0, win_size=7) for i in range(6)]
-    np.testing.assert_allclose(ours.numpy(), ref, atol=1e-5)
+def _ssim_by_hand(a: np.ndarray, b: np.ndarray) -> float:
+    """RobustAGA's SSIM written out pixel by pixel: a 7 x 7 window (the outer product of
+    exp(-t^2 / 4.5), t = -3..3, summing to 1) over maps padded with 3 zeros, the SSIM
+    formula with C1 = 0.01^2, C2 = 0.03^2 at every pixel, the mean over all pixels."""
+    t = np.arange(7) - 3
+    g = np.exp(-(t ** 2) / (2 * 1.5 ** 2))
+    win = np.outer(g, g) / np.outer(g, g).sum()
+    pa, pb = np.pad(a, 3), np.pad(b, 3)
+    h, w = a.shape
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vals = []
+    for r in range(h):
+        for c in range(w):
+            wa, wb = pa[r:r + 7, c:c + 7], pb[r:r + 7, c:c + 7]
+            mu_a, mu_b = (win * wa).sum(), (win * wb).sum()
+            va = (win * wa * wa).sum() - mu_a ** 2
+            vb = (win * wb * wb).sum() - mu_b ** 2
+            cov = (win * wa * wb).sum() - mu_a * mu_b
+            vals.append((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+                        / ((mu_a ** 2 + mu_b ** 2 + c1) * (va + vb + c2)))
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("size", [5, 8, 28])
+def test_ssim_is_robustagas_zero_padded_7_tap_ssim(size: int) -> None:
+    a, b = _maps(4, size, seed=size)
+    ref = [_ssim_by_hand(a[i].numpy(), b[i].numpy()) for i in range(4)]
+    np.testing.assert_allclose(ssim(a, b).numpy(), ref, rtol=0, atol=1e-12)
     # float32 input gives float32 output with the same values
     np.testing.assert_allclose(ssim(a.float(), b.float()).numpy(), ref, atol=1e-5)
     assert ssim(a.float(), b.float()).dtype == torch.float32
 
 
-def test_ssim_window_larger_than_map_is_an_error() -> None:
+def test_ssim_averages_the_border_pixels_too() -> None:
+    """Version 3 averages the whole map: a difference confined to a corner pixel moves the
+    value (version 2 cropped 3 pixels, so on 8 x 8 maps a corner change counted for
+    nothing)."""
+    a, _ = _maps(1, 8, seed=5)
+    b = a.clone()
+    b[0, 0, 0] = 1 - b[0, 0, 0]
+    assert ssim(a, a).item() == pytest.approx(1.0, abs=1e-12)
+    assert ssim(a, b).item() < 1 - 1e-3
+
+
+def test_ssim_window_must_be_odd() -> None:
     a, b = _maps(2, 6, seed=0)
     with pytest.raises(ValueError, match="win_size"):
-        ssim(a, b)
-
-
-def test_gaussian_filter_matches_scipy_reflect() -> None:
-    from scipy.ndimage import gaussian_filter as scipy_gaussian
-
-    a, _ = _maps(1, 8, seed=3)
-    ours = gaussian_filter(a.unsqueeze(1))[0, 0].numpy()
-    np.testing.assert_allclose(ours, scipy_gaussian(a[0].numpy(), 1.5, mode="reflect",
-                                                    truncate=3.5), atol=1e-12)
+        ssim(a, b, win_size=6)
 
 
 def test_cosine_and_pearson_match_numpy() -> None:

@@ -178,7 +178,7 @@ def test_short_extractor_is_recorded_cached_apart_and_logged(tmp_path, caplog):
         short, where = get_manifest(ds, 2, cpu, extractor=ExtractorSpec(epochs=1),
                                     progress=False, cache_root=tmp_path)
     lines = [r.getMessage() for r in caplog.records if r.name == "xrbench.subset"]
-    assert lines == ["training the subset's short (smoke profile) extractor (ResNet18, normal, "
+    assert lines == ["training the subset's short-recipe extractor (ResNet18, normal, "
                      "1 epoch) - once per dataset, cached"]
     ext = short["extractor"]
     assert ext["kind"] == "trained" and ext["reference"] is False
@@ -210,12 +210,15 @@ def test_smoke_takes_the_shipped_reference_manifest(digits, tmp_path):
     from xrbench.protocol import get_profile
     from xrbench.subset import ExtractorSpec, get_manifest
 
-    smoke = get_profile("smoke")
-    assert smoke.extractor_epochs == 1 and get_profile("quick").extractor_epochs is None
-    m, where = get_manifest(digits, smoke.per_cluster, torch.device("cpu"),
-                            extractor=ExtractorSpec(smoke.extractor_epochs), progress=False,
-                            cache_root=tmp_path)
-    assert where == "package" and m == packaged_manifest("digits", 2)
+    # protocol v3 (PROTOCOL 4.1, 6): 25 epochs for paper, 3 for quick, 1 for smoke
+    assert [get_profile(p).extractor_epochs for p in ("paper", "quick", "smoke")] == [None, 3, 1]
+    for name, per_cluster in (("smoke", 2), ("quick", 5)):
+        prof = get_profile(name)
+        m, where = get_manifest(digits, prof.per_cluster, torch.device("cpu"),
+                                extractor=ExtractorSpec(prof.extractor_epochs), progress=False,
+                                cache_root=tmp_path)
+        assert where == "package" and m == packaged_manifest("digits", per_cluster)
+    assert not (tmp_path / "checkpoints").exists()  # no extractor trained
 
 
 def test_validity_with_one_image_per_cluster_does_not_apply():

@@ -8,154 +8,26 @@ from disk for ``imagefolder:PATH``.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
+from .data_base import (GREY_EPS_PGD, RETRIEVAL_EPS_GREY, RETRIEVAL_EPS_RGB, RGB_EPS_PGD,  # noqa: F401
+                        RPS_EPS, Dataset, DatasetCard, ImageSplit, LazyImageSplit, TensorSplit,
+                        _missing, _offline)
 from .errors import XRBenchError
 from .registry import datasets
-from .utils import atomic_write_bytes, sha256_bytes
 from .utils import data_dir as default_data_dir
+from .utils import sha256_bytes
 
 log = logging.getLogger(__name__)
-
-GREY_EPS_PGD = 0.3  # SEP paper, section 5.1
-RGB_EPS_PGD = 8 / 255
-RPS_EPS = (4 / 255, 8 / 255, 16 / 255)  # Joo et al. 2023, RobustAGA test_rps.py
-RETRIEVAL_EPS_RGB = (2 / 255, 4 / 255, 8 / 255)  # RelEx, PROTOCOL 5.5
-RETRIEVAL_EPS_GREY = (0.1, 0.2, 0.3)
-
-
-@dataclass(frozen=True)
-class DatasetCard:
-    """What the protocol needs to know about a dataset.
-
-    ``size`` is the side S of the S x S images in pixels; ``mean``/``std`` are per channel in
-    pixel units ([0, 1]); ``eps_pgd`` is the L-inf PGD radius in pixel units.
-    """
-
-    name: str
-    channels: int
-    size: int
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    train_size: int | None = None
-    test_size: int | None = None
-    source: str = ""
-    eps_pgd: float = field(default=-1.0)
-    rps_eps: tuple[float, ...] = RPS_EPS
-    retrieval_eps: tuple[float, ...] = ()
-
-    def __post_init__(self) -> None:
-        grey = self.channels == 1
-        if self.eps_pgd < 0:
-            object.__setattr__(self, "eps_pgd", GREY_EPS_PGD if grey else RGB_EPS_PGD)
-        if not self.retrieval_eps:
-            object.__setattr__(
-                self, "retrieval_eps", RETRIEVAL_EPS_GREY if grey else RETRIEVAL_EPS_RGB
-            )
-
-    @property
-    def grey(self) -> bool:
-        return self.channels == 1
-
-    @property
-    def mean_std(self) -> float:
-        """Mean of the per-channel std: converts a normalised-space step to pixel units."""
-        return float(sum(self.std) / len(self.std))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class ImageSplit(Protocol):
-    """One split: ``len(split)`` images, fetched in batches as (x, y).
-
-    ``x``: float32 (B, C, S, S) in [0, 1]; ``y``: int64 (B,).
-    """
-
-    def __len__(self) -> int: ...
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-    @property
-    def targets(self) -> torch.Tensor: ...
-
-
-class TensorSplit:
-    """A split held in memory: ``images`` uint8 (N, C, S, S) in 0..255 or float in [0, 1]."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        if images.ndim != 4:
-            raise ValueError(f"images must be NCHW, got shape {tuple(images.shape)}")
-        self.images = images
-        self.labels = labels.long()
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    @property
-    def targets(self) -> torch.Tensor:
-        return self.labels
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images[indices]
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        return x, self.labels[indices]
-
-
-class LazyImageSplit:
-    """A split read from image files on demand (``imagefolder:PATH``)."""
-
-    def __init__(self, folder: Any, size: int) -> None:
-        from torchvision import transforms
-
-        self.folder = folder
-        self.transform = transforms.Compose(
-            [transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor()]
-        )
-        self._targets = torch.tensor(folder.targets, dtype=torch.long)
-
-    def __len__(self) -> int:
-        return len(self.folder)
-
-    @property
-    def targets(self) -> torch.Tensor:
-        return self._targets
-
-    def _image(self, i: int) -> torch.Tensor:
-        """One image as (3, size, size) in [0, 1]. A file that cannot be decoded is an error
-        naming it, not a skip: skipping would silently change the split, and with it every
-        index of the subset manifest."""
-        path = self.folder.samples[i][0]
-        try:
-            return self.transform(self.folder.loader(path))
-        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
-            raise XRBenchError(f"imagefolder: cannot read image {path} ({type(exc).__name__}: "
-                               f"{exc}); fix or remove the file") from None
-
-    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xs = [self._image(int(i)) for i in indices]
-        return torch.stack(xs), self._targets[indices]
-
-
-@dataclass
-class Dataset:
-    """A card and its ``train`` and ``test`` splits."""
-
-    card: DatasetCard
-    train: ImageSplit
-    test: ImageSplit
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> Dataset:
@@ -174,19 +46,6 @@ def dataset_card(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     if isinstance(card, DatasetCard):
         return card
     return load_dataset(name, data_dir).card
-
-
-def _missing(name: str, root: Path, what: str) -> XRBenchError:
-    return XRBenchError(
-        f"dataset {name!r} not found under {root} and could not be downloaded (offline?): "
-        f"{what}, or pass --data-dir / set XRBENCH_DATA to the folder that holds it"
-    )
-
-
-def _offline() -> bool:
-    return os.environ.get("XRBENCH_OFFLINE", "") not in ("", "0") or os.environ.get(
-        "HF_DATASETS_OFFLINE", ""
-    ) not in ("", "0")
 
 
 # --- digits (embedded default) ---------------------------------------------------------------
@@ -261,46 +120,10 @@ def cifar_integrity_error(cls: Any, name: str, root: Path) -> XRBenchError | Non
     return None
 
 
-def extract_mnist_gz(cls: Any, root: Path) -> list[Path]:
-    """Decompress ``<root>/<Class>/raw/*-ubyte.gz`` where only the ``.gz`` file is there.
-
-    torchvision reads the decompressed idx files and only extracts the ``.gz`` archives
-    inside its download step; the original archives are accepted here, as torchvision would
-    after a download: each is decompressed beside itself (atomically) and kept. Returns the
-    files written. A truncated or non-gzip file, or a read-only folder, is an
-    :class:`XRBenchError` naming the file.
-    """
-    raw = Path(root) / cls.__name__ / "raw"
-    written: list[Path] = []
-    for url, _md5 in cls.resources:
-        gz = raw / os.path.basename(url)
-        target = raw / os.path.splitext(gz.name)[0]
-        if target.exists() or not gz.is_file():
-            continue
-        try:
-            with gzip.open(gz, "rb") as src:
-                data = src.read()  # at most 47 MB (MNIST's training images)
-        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-            raise XRBenchError(f"cannot decompress {gz} ({type(exc).__name__}: {exc}); it is "
-                               "truncated or not a gzip file: download it again, or put the "
-                               f"decompressed {target.name} beside it") from None
-        try:
-            atomic_write_bytes(target, data)
-        except OSError as exc:
-            raise XRBenchError(f"cannot write {target} beside {gz.name} ({exc.strerror or exc});"
-                               f" make {raw} writable, or decompress the file there yourself "
-                               f"(gunzip -k {gz})") from None
-        log.info("decompressed %s (torchvision reads the idx file)", gz)
-        written.append(target)
-    return written
-
-
 def _torchvision(cls_name: str, name: str, root: Path, hint: str) -> tuple[Any, Any]:
     import torchvision
 
     cls = getattr(torchvision.datasets, cls_name)
-    if hasattr(cls, "resources") and (root / cls_name / "raw").is_dir():
-        extract_mnist_gz(cls, root)  # MNIST-like: the original .gz files are enough
     splits = []
     for train in (True, False):
         try:
@@ -342,14 +165,6 @@ def _torchvision_dataset(cls_name: str, card: DatasetCard, hint: str):
 
 
 _TV = [
-    ("MNIST", DatasetCard("mnist", 1, 28, 10, (0.1307,), (0.3081,), 60000, 10000,
-                          "torchvision MNIST"),
-     "put MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the same files "
-     "with .gz) there"),
-    ("FashionMNIST", DatasetCard("fashion_mnist", 1, 28, 10, (0.2860,), (0.3530,), 60000, 10000,
-                                 "torchvision FashionMNIST"),
-     "put FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (or the same "
-     "files with .gz) there"),
     ("CIFAR10", DatasetCard("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465),
                             (0.2470, 0.2435, 0.2616), 50000, 10000, "torchvision CIFAR10"),
      "put the extracted cifar-10-batches-py folder there"),
@@ -359,6 +174,12 @@ _TV = [
 ]
 for _cls, _card, _hint in _TV:
     datasets.add(_card.name, _torchvision_dataset(_cls, _card, _hint), _card.source)
+
+
+# --- MNIST-like data sets (registered by xrbench.data_idx) -------------------------------------
+
+from .data_idx import (FASHION_MNIST_SHA256, IDX_BY_NAME, IDX_DATASETS, STANDIN_ENV,  # noqa: E402,F401
+                       IdxDataset, load_idx_dataset)
 
 
 # --- Tiny ImageNet -----------------------------------------------------------------------------

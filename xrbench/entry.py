@@ -75,6 +75,15 @@ def recipe_reference(defense: str, card: Any, model: str, recipe: Mapping[str, A
     return {"reference": True} if not diff else {"reference": False, "recipe_diff": diff}
 
 
+def _card_fields(card: Any) -> dict[str, Any]:
+    """The card as the entry records it; ``content_sha256`` only where the loader computed
+    one (entries of other data sets keep the fields they always had)."""
+    fields = dataclasses.asdict(card)
+    if fields.get("content_sha256") is None:
+        fields.pop("content_sha256", None)
+    return fields
+
+
 def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
                 metrics: dict[str, Any], flags: dict[str, bool], manifest: dict[str, Any],
                 defense: dict[str, Any], checkpoint: dict[str, Any],
@@ -98,7 +107,7 @@ def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
         "protocol": {"version": PROTOCOL_VERSION, "profile": p.name, "parameters": parameters},
         "xrbench": {"version": __version__, "git_commit": git_commit()},
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {**dataclasses.asdict(card), "mean": list(card.mean), "std": list(card.std),
+        "dataset": {**_card_fields(card), "mean": list(card.mean), "std": list(card.std),
                     "rps_eps": list(card.rps_eps), "retrieval_eps": list(card.retrieval_eps)},
         "subset": {"manifest_sha256": manifest["sha256"], "n_images": n,
                    "n_pairs": n * (n - 1)},

@@ -3,9 +3,10 @@ per-stage random generators, bound protocol calls, and metric objects.
 
 :mod:`xrbench.stages` declares *what* each protocol stage computes; this module is *how* a
 stage runs: its output is cached under ``<cache>/stages`` by a hash of everything it depends
-on (checkpoint and manifest sha256, explainer, seed, protocol version, the stage's code
-version and its protocol parameters), so an interrupted run resumes where it stopped and a
-finished one is not recomputed unless ``force``.
+on (checkpoint and manifest sha256, explainer, seed, the stage's code version and its
+protocol parameters), so an interrupted run resumes where it stopped and a finished one is
+not recomputed unless ``force``. The protocol version is not part of the key: a new version
+recomputes the stages whose code version it bumped and reuses the others.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ The extractor (PROTOCOL 4.1, :class:`ExtractorSpec`) is one of:
 
 - the **reference**: a ResNet18 trained with the reference ``normal`` recipe (25 epochs, seed
   0) on the dataset; trained once per dataset and cached as a checkpoint;
-- a **short** recipe of the same (the ``smoke`` profile's, 1 epoch): the manifest records the
-  recipe and is kept under another name, so it never passes for the reference one;
+- a **short** recipe of the same (``quick``: 3 epochs, ``smoke``: 1, PROTOCOL 4.1 version 3):
+  the manifest records the recipe and is kept under another name, so it never passes for
+  the reference one;
 - **torchvision's ImageNet ResNet18** from a weights file the user names (``--extractor-weights``;
   never downloaded): no training at all, its sha256 in the manifest (:class:`ImageNetResNet18`).
 """
@@ -101,7 +102,7 @@ class ExtractorSpec:
 
     def training_line(self, epochs: int) -> str:
         """The log line of the extractor's training step."""
-        which = "reference" if self.epochs is None else "short (smoke profile)"
+        which = "reference" if self.epochs is None else "short-recipe"
         return (f"training the subset's {which} extractor (ResNet18, normal, {epochs} "
                 f"epoch{'s' if epochs != 1 else ''}) - once per dataset, cached")
 
@@ -278,6 +279,8 @@ def build_manifest(dataset: Dataset, per_cluster: int, extractor: torch.nn.Modul
     manifest: dict[str, Any] = {
         "protocol_version": PROTOCOL_VERSION,
         "dataset": dataset.card.name,
+        **({"dataset_sha256": dataset.card.content_sha256}
+           if getattr(dataset.card, "content_sha256", None) else {}),
         "split": "test",
         "per_cluster": per_cluster,
         "clusters": CLUSTERS,
@@ -363,9 +366,9 @@ def get_manifest(dataset: Dataset, per_cluster: int, device: torch.device, *,
     from). ``timing``, when given, receives ``extractor``: the seconds this call spent getting
     the extractor (training it, or loading it), 0 when the manifest existed.
 
-    A short-recipe extractor (the smoke profile) takes the shipped reference manifest where
-    the package has one (digits): better, and as fixed as the code. It never takes a cached
-    reference manifest, so what smoke scores does not depend on what ran before.
+    A short-recipe extractor (quick, smoke) takes the manifest shipped with the package
+    where there is one (digits, Fashion-MNIST): as fixed as the code. It never takes a
+    cached reference manifest, so what it scores does not depend on what ran before.
     """
     spec = extractor or ExtractorSpec()
     name = dataset.card.name
