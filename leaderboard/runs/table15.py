@@ -1,0 +1,175 @@
+"""Measured rows beside the SEP paper's Table 15: real Fashion-MNIST, ConvNet, guided backprop.
+
+    # CPU (what fits in a session on the 2-core development machine: a short recipe)
+    nice .venv/bin/python leaderboard/runs/table15.py --epochs 1 --out leaderboard/results
+    # CUDA machine (the reference 25-epoch recipes; leaderboard/runs/table15_gpu.sh runs this)
+    python leaderboard/runs/table15.py --device cuda --jobs 4 --out OUT
+
+For each of ``normal``, ``mat``, ``sep_pos`` and ``sep_neg`` (``--defenses``): train the
+ConvNet on the real Fashion-MNIST (SEP with guided backprop in its regulariser, ``--set
+explainer=guided_backprop``, as the paper's Table 15), score it at ``quick`` with the
+guided-backprop explainer, and write beside the entry the checkpoint it scored
+(``<defense>-s0.pt``, its sha256 in the entry) and the checkpoint's sidecar
+(``<defense>-s0.sidecar``: its recipe, training history and sha256).
+
+Resumable from what is committed: where a checkpoint and its sidecar already lie beside an
+entry path in ``--out``, they are put back into the cache first, so the run scores the same
+weights and trains nothing (a cache on another machine is not needed). A run that stops
+mid-training resumes from the cache's last finished epoch.
+
+A shortened recipe (``--epochs`` below the reference 25) is recorded as such in the entry
+(``defense.reference`` false with the recipe difference), so leaderboards mark those rows as
+not reference rows. The script ends with a timing table (seconds per defense: training,
+each stage, total), also written to ``<out>/fashion_mnist/convnet/guided_backprop/quick/
+timing.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DATASET, MODEL, EXPLAINER, PROFILE, SEED = "fashion_mnist", "convnet", "guided_backprop", "quick", 0
+DEFENSES = ("normal", "mat", "sep_pos", "sep_neg")
+
+
+def overrides(defense: str, epochs: int | None) -> dict[str, str]:
+    """The recipe overrides of a Table 15 row: SEP's regulariser explains with guided
+    backprop; ``epochs`` shortens the recipe (None: the reference 25)."""
+    out = {} if epochs is None else {"epochs": str(epochs)}
+    if defense.startswith("sep"):
+        out["explainer"] = EXPLAINER
+    return out
+
+
+def entry_folder(out: Path) -> Path:
+    return out / DATASET / MODEL / EXPLAINER / PROFILE
+
+
+def restore_checkpoint(defense: str, epochs: int | None, out: Path, cache: Path | None) -> bool:
+    """Put a committed checkpoint (and its sidecar) back into the cache; True if one was."""
+    from xrbench.checkpoints import sidecar_path
+    from xrbench.data import dataset_card
+    from xrbench.train import checkpoint_key
+
+    pt = entry_folder(out) / f"{defense}-s{SEED}.pt"
+    side = entry_folder(out) / f"{defense}-s{SEED}.sidecar"
+    if not (pt.is_file() and side.is_file()):
+        return False
+    key, _ = checkpoint_key(dataset_card(DATASET), MODEL, defense, overrides(defense, epochs),
+                            SEED)
+    dest = key.path(cache)
+    if json.loads(side.read_text()).get("sha256") is None:
+        raise SystemExit(f"{side}: no sha256; delete it and {pt} to train again")
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(pt, dest)
+        shutil.copyfile(side, sidecar_path(dest))
+    return True
+
+
+def publish_checkpoint(path: Path, defense: str, out: Path) -> None:
+    """Copy a cached checkpoint and its sidecar beside the entry path of ``defense``."""
+    from xrbench.checkpoints import sidecar_path
+
+    folder = entry_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, folder / f"{defense}-s{SEED}.pt")
+    shutil.copyfile(sidecar_path(path), folder / f"{defense}-s{SEED}.sidecar")
+
+
+def run_one(defense: str, epochs: int | None, out: Path, device: str,
+            cache: Path | None, train_only: bool = False) -> dict[str, Any]:
+    """Train (or reuse) and score one defense; the checkpoint and sidecar go beside the
+    entry. Returns the entry's timing with the training seconds. ``train_only``: train and
+    publish the checkpoint, score nothing (the subset may not be there yet)."""
+    from xrbench import api
+
+    restored = restore_checkpoint(defense, epochs, out, cache)
+    ov = overrides(defense, epochs)
+    t0 = time.perf_counter()
+    trained = api.train(DATASET, MODEL, defense, seed=SEED, overrides=ov, device=device,
+                        progress=True, cache_root=cache)
+    train_s = time.perf_counter() - t0
+    if train_only:
+        publish_checkpoint(trained.path, defense, out)
+        return {"defense": defense, "restored": restored, "train_s": round(train_s, 1)}
+    res = api.evaluate(defense, DATASET, MODEL, EXPLAINER, PROFILE, seed=SEED, overrides=ov,
+                       out=out, device=device, progress=True, cache_root=cache, replace=True)
+    if res.entry["checkpoint"]["sha256"] != trained.sha256:
+        raise SystemExit(f"{defense}: the entry scored {res.entry['checkpoint']['sha256'][:12]}"
+                         f", not the trained checkpoint {trained.sha256[:12]}")
+    publish_checkpoint(trained.path, defense, out)
+    history = trained.meta.get("history") or []
+    trained_s = sum(float(h.get("seconds", 0.0)) for h in history)
+    return {"defense": defense, "restored": restored, "train_s": round(trained_s or train_s, 1),
+            **{k: v for k, v in res.entry["timing"].items() if isinstance(v, (int, float))}}
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    keys = sorted({k for r in rows for k in r} - {"defense", "restored"})
+    head = "| defense | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+    body = "".join(f"| {r['defense']} | " + " | ".join(str(r.get(k, "")) for k in keys) + " |\n"
+                   for r in rows)
+    return head + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="results folder (entries, checkpoints, timing)")
+    ap.add_argument("--defenses", nargs="+", default=list(DEFENSES))
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="shortened recipe (default: the reference 25 epochs)")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--cache", default=None, help="xrbench cache (default: $XRBENCH_CACHE)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="defenses run at once, each in its own process (a GPU is far from "
+                         "busy with one 28x28 ConvNet at batch 64)")
+    ap.add_argument("--train-only", action="store_true",
+                    help="train and publish the checkpoints, score nothing")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a --jobs worker
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else None
+    if args.one:
+        row = run_one(args.one, args.epochs, out, args.device, cache, args.train_only)
+        print("ROW " + json.dumps(row), flush=True)
+        return 0
+    rows: list[dict[str, Any]] = []
+    if args.jobs <= 1:
+        rows = [run_one(d, args.epochs, out, args.device, cache, args.train_only)
+                for d in args.defenses]
+    else:
+        base = [sys.executable, __file__, "--out", str(out), "--device", args.device]
+        base += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+        base += ["--cache", str(cache)] if cache else []
+        base += ["--train-only"] if args.train_only else []
+        pending = list(args.defenses)
+        running: list[subprocess.Popen[str]] = []
+        while pending or running:
+            while pending and len(running) < args.jobs:
+                running.append(subprocess.Popen([*base, "--one", pending.pop(0)],
+                                                stdout=subprocess.PIPE, text=True))
+            proc = running.pop(0)
+            text, _ = proc.communicate()
+            if proc.returncode:
+                raise SystemExit(f"a worker failed (exit {proc.returncode}): {proc.args}")
+            rows += [json.loads(ln[4:]) for ln in text.splitlines() if ln.startswith("ROW ")]
+    table = timing_table(rows)
+    folder = entry_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "timing.md").write_text("Seconds per defense (`python leaderboard/runs/table15.py "
+                                      + " ".join(argv or sys.argv[1:]) + "`)\n\n" + table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
