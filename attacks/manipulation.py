@@ -314,7 +314,7 @@ def manipulate_pairs(
     ``chunk_store`` (a :class:`ChunkStore`) is asked for each chunk before it is computed and
     is given each computed chunk, so an interrupted run resumes at the first missing chunk.
     ``first_chunk``: the index the store knows the first chunk by (a shard of a longer list
-    of pairs starting at chunk ``first_chunk``, :mod:`xrbench.sharding`).
+    of pairs starting at chunk ``first_chunk``, :mod:`xrbench.engine.sharding`).
     ``keep_x_adv=False`` drops the manipulated images (memory flat in the number of pairs).
     """
     param = next(model.parameters(), None)

@@ -107,7 +107,7 @@ def inner_manipulation(n_images: int, iterations: int) -> None:
     from xrbench.explainers import get_explainer
     from xrbench.models import create_model
     from xrbench.protocol import get_profile, with_overrides
-    from xrbench.runtime import RunContext, StageCache
+    from xrbench.engine.runtime import RunContext, StageCache
     from xrbench.stages import Manipulation
 
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ from xrbench.explainers import expl_loss, get_explainer, sum_map
 from xrbench.inference import frozen_inference_copy
 from xrbench.models import create_model
 from xrbench.protocol import get_profile, with_overrides
-from xrbench.runtime import RunContext, StageCache
+from xrbench.engine.runtime import RunContext, StageCache
 from xrbench.stages import Manipulation
 
 from benchutil import pick

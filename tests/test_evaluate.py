@@ -188,7 +188,7 @@ def test_entry_records_the_parameters_the_code_used(first_run, dirs, monkeypatch
 
 
 def test_entry_records_reference_provenance_and_the_loss_fall(first_run, digits):
-    from xrbench.entry import recipe_reference
+    from xrbench.engine.entry import recipe_reference
     from xrbench.metrics.manipulation import second_half_fall
     from xrbench.train import build_recipe
 
@@ -223,7 +223,7 @@ def test_reference_is_the_resolved_recipe_without_overrides(digits, monkeypatch)
     model; a --set that restates the reference value keeps it; a defense without a
     reference recipe there says why."""
     import xrbench.train as train_mod
-    from xrbench.entry import recipe_reference
+    from xrbench.engine.entry import recipe_reference
     from xrbench.train import build_recipe
 
     card = digits.card
@@ -313,7 +313,7 @@ def test_a_flipped_bit_in_a_stage_cache_file_is_caught_and_recomputed(first_run,
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0x01  # one bit, in the middle of the tensor data
         path.write_bytes(bytes(data))
-    with caplog.at_level("WARNING", logger="xrbench.runtime"):
+    with caplog.at_level("WARNING", logger="xrbench.engine.runtime"):
         res = api.evaluate("normal", profile=PROFILE, overrides=FAST, out=tmp_path,
                            progress=False, cache_root=cache, device="cpu")
     caught = [p for p in flipped if any(str(p) in r.getMessage() and "sha256" in r.getMessage()

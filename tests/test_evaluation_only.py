@@ -18,7 +18,7 @@ from xrbench.explainers import get_explainer
 from xrbench.leaderboard.examples import read_examples
 from xrbench.leaderboard.render import render_markdown
 from xrbench.leaderboard.schema import load_entries, read_entry
-from xrbench.stage import Stage, run_stages
+from xrbench.engine.stage import Stage, run_stages
 from xrbench.stages import STAGES
 
 EXPLAINERS = ("deeplift", "lrp", "gradcam")

@@ -12,7 +12,7 @@ from conftest import require_ray
 from xrbench import api
 from xrbench.errors import XRBenchError
 from xrbench.protocol import get_profile, with_overrides
-from xrbench.sharding import shard_bounds
+from xrbench.engine.sharding import shard_bounds
 
 
 def test_shard_bounds_are_contiguous_aligned_and_balanced() -> None:
@@ -84,7 +84,7 @@ def test_sharded_in_sequence_resumes_from_cached_shards(fixed_checkpoint, tmp_pa
                                                         monkeypatch) -> None:
     """Locally the shards run one after another; a run interrupted after two retrieval
     shards computes only the third when it is started again."""
-    import xrbench.sharding as sharding
+    import xrbench.engine.sharding as sharding
 
     small = with_overrides(PROFILE, relex_iterations=2, relex_samples=2,
                            manipulation_iterations=2, adv_insertion_iterations=2)

@@ -120,9 +120,9 @@ def _checkpoint(ds: Any, model: str, defense: str, *, checkpoint: str | None,
     """(model in eval mode, the entry's ``defense`` and ``checkpoint`` parts, seconds spent
     training): the user's weights, else the cached or newly trained checkpoint. The
     ``defense`` part says whether the recipe is the reference one (``reference``,
-    :func:`~xrbench.entry.recipe_reference`); user weights never are."""
+    :func:`~xrbench.engine.entry.recipe_reference`); user weights never are."""
     from .checkpoints import load_weights
-    from .entry import recipe_reference
+    from .engine.entry import recipe_reference
     from .models import create_model
     from .registry import defenses
 
@@ -180,8 +180,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     ``shards`` splits the manipulation, retrieval, Insertion and Adv-Insertion stages into
     that many deterministic shards run on ``executor`` (``"local"``: in sequence here;
     ``"ray"``: as Ray tasks on a local cluster or the one at ``ray_address``; or an
-    :class:`~xrbench.executors.Executor`), merged into the entry an unsharded run writes
-    (:mod:`xrbench.sharding`). Default: 1 locally, one shard per CPU of the Ray cluster.
+    :class:`~xrbench.engine.executors.Executor`), merged into the entry an unsharded run writes
+    (:mod:`xrbench.engine.sharding`). Default: 1 locally, one shard per CPU of the Ray cluster.
     """
     from .leaderboard.examples import flatten
     from .leaderboard.schema import entry_path

@@ -192,7 +192,7 @@ def _score(model: Any, ds: Any, device: Any, seed: int) -> dict[str, float]:
 
     from .attacks.pgd import pgd_step_size
     from .metrics.accuracy import accuracy_under_pgd
-    from .runtime import stage_seed
+    from .engine.runtime import stage_seed
 
     eps = ds.card.eps_pgd
     n = min(TEST_IMAGES, len(ds.test))

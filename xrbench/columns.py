@@ -3,7 +3,7 @@
 A :class:`Column` says, once, where a metric lives in an entry (``path`` under
 ``metrics``), how it is labelled, its unit and display scale, its digits, which direction is
 better, which stage computes it, and whether it is a leaderboard column and enters the
-correlations with PGD accuracy. Each stage lists its columns (:attr:`xrbench.stage.Stage.
+correlations with PGD accuracy. Each stage lists its columns (:attr:`xrbench.engine.stage.Stage.
 columns`); the command-line summary, the markdown, JSON and HTML leaderboards, the
 correlations, the plots' axes and ``xrbench regress``'s directions all iterate that one list
 (:func:`xrbench.stages.all_columns`), so a new metric's column is one declaration in its stage (the

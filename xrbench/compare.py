@@ -8,7 +8,7 @@ metrics, as PROTOCOL 5.7 does for each entry) and recomputes ``mean(B) - mean(A)
 resample. Because the resampling is shared, noise common to both entries cancels out, and the
 interval is much narrower than the two entries' own intervals put side by side. The values
 come from the entries' per-example files; what each metric averages is declared once by its
-stage (:meth:`xrbench.stage.Stage.examples`).
+stage (:meth:`xrbench.engine.stage.Stage.examples`).
 """
 
 from __future__ import annotations

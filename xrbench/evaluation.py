@@ -32,8 +32,8 @@ def check_arguments(profile: "str | Profile", seed: int, shards: int | None) -> 
 
 def executor_for(executor: "str | Any", ray_address: str | None) -> tuple[Any, bool]:
     """(the executor the shards run on, whether ``evaluate`` made it and so closes it): an
-    :class:`~xrbench.executors.Executor` as given, else the one ``executor`` names."""
-    from .executors import Executor, get_executor
+    :class:`~xrbench.engine.executors.Executor` as given, else the one ``executor`` names."""
+    from .engine.executors import Executor, get_executor
 
     own_executor = not isinstance(executor, Executor)
     return (get_executor(executor, ray_address) if own_executor else executor), own_executor
@@ -81,10 +81,10 @@ def run_context(net: torch.nn.Module, model: str, expl: Any, ds: Any, prof: Prof
                  progress: bool, cache_root: Path | None, force: bool,
                  timing: dict[str, float], checkpoint_sha256: str, manifest_sha256: str,
                  shards: int | None, runner: Any) -> Any:
-    """The :class:`~xrbench.runtime.RunContext` every stage runs in; its ``base_key`` (what
+    """The :class:`~xrbench.engine.runtime.RunContext` every stage runs in; its ``base_key`` (what
     every stage's cache key starts from) names the checkpoint, manifest, explainer, seed, model
     and device; each stage adds its code version and parameters."""
-    from .runtime import RunContext, StageCache
+    from .engine.runtime import RunContext, StageCache
 
     return RunContext(
         model=net, model_name=model, explainer=expl, dataset=ds, profile=prof,
@@ -99,10 +99,10 @@ def run_context(net: torch.nn.Module, model: str, expl: Any, ds: Any, prof: Prof
 
 
 def run_all_stages(ctx: Any, runner: Any, shards: int | None, own_executor: bool) -> Any:
-    """Every stage of the protocol on ``ctx`` (:func:`~xrbench.stage.run_stages`), in
+    """Every stage of the protocol on ``ctx`` (:func:`~xrbench.engine.stage.run_stages`), in
     ``shards`` shards, else as many as ``runner`` runs side by side; an executor ``evaluate``
     made is closed after, whatever happens."""
-    from .stage import run_stages
+    from .engine.stage import run_stages
     from .stages import STAGES
 
     try:
@@ -117,9 +117,9 @@ def run_all_stages(ctx: Any, runner: Any, shards: int | None, own_executor: bool
 def build_run_entry(ctx: Any, ran: Any, net: torch.nn.Module, model: str, beta: float,
                     explainer: str, manifest: dict[str, Any], defense_info: dict[str, Any],
                     ckpt_info: dict[str, Any]) -> dict[str, Any]:
-    """The section-8 entry of the run (:func:`~xrbench.entry.build_entry`), with the model's
+    """The section-8 entry of the run (:func:`~xrbench.engine.entry.build_entry`), with the model's
     and the explainer's provenance."""
-    from .entry import build_entry
+    from .engine.entry import build_entry
     from .models import count_parameters
     from .registry import explainers, models
 

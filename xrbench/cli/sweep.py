@@ -139,7 +139,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from ..errors import XRBenchError
-    from ..executors import get_executor
+    from ..engine.executors import get_executor
     from ..sweep import FAILED, RAN, SKIPPED, plan, run_sweep
 
     import logging

@@ -1,6 +1,6 @@
 """The protocol's class retrieval (PROTOCOL.md 5.5) and loss landscape (5.6) stages, each
 declared once; :data:`xrbench.stages.STAGES` lists them in the order they run,
-:mod:`xrbench.stage` says what a stage is.
+:mod:`xrbench.engine.stage` says what a stage is.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from .columns import MIDDLE, WILDCARD, Column
-from .runtime import ProtocolCall, RunContext, stage_seed
-from .stage import Example, Stage, Summary, eps_key
+from ..columns import MIDDLE, WILDCARD, Column
+from ..engine.runtime import ProtocolCall, RunContext, stage_seed
+from ..engine.stage import Example, Stage, Summary, eps_key
 
 
 # --- 5.5 class retrieval -----------------------------------------------------------------------
@@ -36,7 +36,7 @@ class Retrieval(Stage):
     # random numbers per image (batched RelEx, shards), so other PGD starts and RelEx noise
 
     def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
-        from .metrics import retrieval
+        from ..metrics import retrieval
 
         p = ctx.profile
         relex = ProtocolCall.bind(retrieval.relex_mask, iterations=p.relex_iterations,
@@ -46,7 +46,7 @@ class Retrieval(Stage):
                 relex)
 
     def params(self, ctx: RunContext) -> dict[str, Any]:
-        from .attacks.pgd import pgd_step_size
+        from ..attacks.pgd import pgd_step_size
 
         call, relex = self.calls(ctx)
         p = call.params()
@@ -100,7 +100,7 @@ class Landscape(Stage):
                               p.landscape_points)
 
     def calls(self, ctx: RunContext) -> tuple[ProtocolCall, ProtocolCall]:
-        from .metrics import landscape
+        from ..metrics import landscape
 
         gammas = self.gammas(ctx)
         return (ProtocolCall.bind(landscape.explanation_landscape_pairs, gammas=gammas),
@@ -112,7 +112,7 @@ class Landscape(Stage):
                 "explanation": expl.params(), "cross_entropy": ce.params()}
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from .attacks.manipulation import ordered_pairs
+        from ..attacks.manipulation import ordered_pairs
 
         # only evaluates maps at points (no create_graph): evaluation-only explainers run it
         expl, ce = self.calls(ctx)

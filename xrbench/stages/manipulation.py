@@ -1,7 +1,7 @@
 """The protocol's targeted explanation manipulation stage (PROTOCOL.md 5.2; it runs last but
 for the gallery: the longest) with its chunk cache, and the saliency gallery that re-runs its
 attack on a few pairs for the figures; :data:`xrbench.stages.STAGES` lists them in the order
-they run, :mod:`xrbench.stage` says what a stage is.
+they run, :mod:`xrbench.engine.stage` says what a stage is.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from .columns import Column
-from .runtime import ProtocolCall, RunContext, require_differentiable
-from .stage import Example, Row, Stage, Summary, metric_tree
+from ..columns import Column
+from ..engine.runtime import ProtocolCall, RunContext, require_differentiable
+from ..engine.stage import Example, Row, Stage, Summary, metric_tree
 
 log = logging.getLogger("xrbench.stages")  # the logger's name from before the split
 
@@ -45,7 +45,7 @@ class Manipulation(Stage):
     shard_unit = "pairs"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
-        from .attacks import manipulation
+        from ..attacks import manipulation
 
         p = ctx.profile
         return ProtocolCall.bind(manipulation.manipulate, iterations=p.manipulation_iterations,
@@ -69,7 +69,7 @@ class Manipulation(Stage):
                   params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Pairs ``lo .. hi - 1`` of ``ordered_pairs``; ``lo`` a multiple of ``pair_batch``
         (their chunks are the unsharded run's, found in and kept in its chunk cache)."""
-        from .attacks.manipulation import manipulate_pairs, ordered_pairs
+        from ..attacks.manipulation import manipulate_pairs, ordered_pairs
 
         require_differentiable(ctx.explainer, "explanation manipulation")
         params = self.params(ctx) if params is None else params
@@ -85,14 +85,14 @@ class Manipulation(Stage):
         return res.per_pair()
 
     def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
-        from .attacks.manipulation import ManipulationResult
+        from ..attacks.manipulation import ManipulationResult
 
         return ManipulationResult.cat([ManipulationResult.from_per_pair(p)
                                        for p in parts]).per_pair()
 
     def summarize(self, ctx: RunContext, out: dict[str, Any]) -> Summary:
-        from .metrics.manipulation import mean_loss_at, second_half_fall
-        from .protocol import CONVERGENCE_TOLERANCE
+        from ..metrics.manipulation import mean_loss_at, second_half_fall
+        from ..protocol import CONVERGENCE_TOLERANCE
 
         fall = second_half_fall(out["loss_trace"], out["trace_points"])
         not_converged = fall > CONVERGENCE_TOLERANCE
@@ -155,7 +155,7 @@ class _ChunkCache:
                             chunk=chunk, size=self.size, pairs=self.n_pairs)
 
     def load(self, chunk: int, pairs: torch.Tensor) -> Any:
-        from .attacks.manipulation import ManipulationResult
+        from ..attacks.manipulation import ManipulationResult
 
         done = self.ctx.cache.load("manipulation-chunk", self._key(chunk))
         if done is None or not torch.equal(done.get("pairs", torch.empty(0)), pairs):
@@ -181,7 +181,7 @@ def gallery_pairs(n_images: int, count: int = GALLERY_PAIRS) -> torch.Tensor:
     ``(j + CLUSTERS/2) mod CLUSTERS`` as the target, so victims and targets are distinct,
     typical images of different clusters, the same for every defense on the same manifest.
     """
-    from .protocol import CLUSTERS
+    from ..protocol import CLUSTERS
 
     if not 1 <= count <= CLUSTERS or n_images < CLUSTERS:
         raise ValueError(f"{count} gallery pairs need 1 <= count <= {CLUSTERS} and at least "
@@ -233,8 +233,8 @@ class Gallery(Stage):
         return ctx.cached(self.name, key, lambda: self.run(ctx))
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from .attacks.pgd import eval_mode
-        from .explainers import sum_map
+        from ..attacks.pgd import eval_mode
+        from ..explainers import sum_map
 
         require_differentiable(ctx.explainer, "explanation manipulation")
         n = ctx.images.shape[0]

@@ -13,9 +13,9 @@ from typing import Any, Mapping, Sequence
 from xrbench.errors import XRBenchError
 from xrbench.identity import SAME_EXAMPLES, EntryKey, entry_key, first_difference, key_text
 
-from .regress_bands import Settings
-from .regress_metric import VERDICTS, MetricCheck, check_metric, moved_arrays
-from .regress_values import Side, declarations, example_values, metric_leaves
+from .bands import Settings
+from .metric import VERDICTS, MetricCheck, check_metric, moved_arrays
+from .values import Side, declarations, example_values, metric_leaves
 
 Key = EntryKey
 

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from xrbench.errors import XRBenchError
 
-from .regress_values import Side
+from .values import Side
 
 
 #: a folder of the baseline whose entries only feed the seed spread (never required in CURRENT)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import XRBenchError
-from .sweep_cells import Cell, SweepSpec, expand
+from ..errors import XRBenchError
+from .cells import Cell, SweepSpec, expand
 
 #: a cell's state before the sweep (:func:`cell_state`): what a dry run prints
 DONE, CONFLICT, INVALID = "done", "conflict", "invalid"
@@ -56,9 +56,9 @@ def _entry_difference(entry: Mapping[str, Any], cell: Cell, recipe_hash: str) ->
     explainer, defense and recipe hash, seed, weights trained by xrbench (not a user's
     checkpoint), and every stage of this xrbench present (run or recorded as not
     applicable)."""
-    from .models import DEFAULT_BETA
-    from .protocol import PROTOCOL_VERSION
-    from .stages import STAGES
+    from ..models import DEFAULT_BETA
+    from ..protocol import PROTOCOL_VERSION
+    from ..stages import STAGES
 
     want = [("protocol version", ("protocol", "version"), PROTOCOL_VERSION),
             ("profile", ("protocol", "profile"), cell.profile),
@@ -92,11 +92,11 @@ def cell_state(cell: Cell, *, data_dir: str | None = None,
     (``cache_root``, default ``$XRBENCH_CACHE``). The recipe is resolved as training would
     resolve it (:func:`xrbench.train.checkpoint_key`); a recipe that cannot be built (a
     value out of range, no reference value for the dataset) gives :data:`INVALID`."""
-    from .checkpoints import partial_path
-    from .data import dataset_card
-    from .leaderboard.schema import read_entry
-    from .protocol import get_profile
-    from .train import checkpoint_key
+    from ..checkpoints import partial_path
+    from ..data import dataset_card
+    from ..leaderboard.schema import read_entry
+    from ..protocol import get_profile
+    from ..train import checkpoint_key
 
     try:
         card = dataset_card(cell.dataset, data_dir)

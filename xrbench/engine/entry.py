@@ -16,10 +16,10 @@ from typing import Any, Mapping
 
 import torch
 
-from . import __version__
-from .errors import XRBenchError
-from .leaderboard.schema import SCHEMA_VERSION
-from .protocol import CLUSTERS, PROTOCOL_VERSION
+from .. import __version__
+from ..errors import XRBenchError
+from ..leaderboard.schema import SCHEMA_VERSION
+from ..protocol import CLUSTERS, PROTOCOL_VERSION
 from .runtime import RunContext
 
 __all__ = ["SCHEMA_VERSION", "build_entry", "recipe_reference", "environment", "git_commit"]
@@ -61,7 +61,7 @@ def recipe_reference(defense: str, card: Any, model: str, recipe: Mapping[str, A
     differs (``--set``, ``--epochs``, a profile's short training); or, where the defense has
     no reference recipe there (e.g. SEP on a dataset without a reference lambda and no
     calibration), ``{"reference": False, "reference_note": why}``."""
-    from .train import build_recipe
+    from ..train import build_recipe
 
     try:
         ref = _plain(build_recipe(defense, card, model).to_dict())
@@ -93,7 +93,7 @@ def build_entry(*, ctx: RunContext, stage_params: dict[str, dict[str, Any]],
     from the code it ran (:meth:`xrbench.stages.Stage.params`); ``explainer_info`` is added
     to the explainer's own description (its provenance, ``Entry.provenance``);
     ``not_applicable`` names the stages that did not run with the reason
-    (:meth:`xrbench.stage.Stage.applicable`): their metrics are absent."""
+    (:meth:`xrbench.engine.stage.Stage.applicable`): their metrics are absent."""
     card = ctx.dataset.card
     n = len(manifest["indices"])
     p = ctx.profile

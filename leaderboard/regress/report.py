@@ -7,7 +7,7 @@ from __future__ import annotations
 from xrbench.errors import XRBenchError
 from xrbench.identity import key_text
 
-from .regress_entry import Report
+from .entry import Report
 
 
 def _g(x: float | None) -> str:

@@ -1,6 +1,6 @@
 """Sharded evaluation (``xrbench evaluate --shards N``): a long stage split into N deterministic
 shards of its items (images, or pairs for the manipulation) that run as independent tasks on
-an executor (:mod:`xrbench.executors`: in sequence here, or as Ray tasks), then merge into the
+an executor (:mod:`xrbench.engine.executors`: in sequence here, or as Ray tasks), then merge into the
 very output an unsharded run computes.
 
 Why the merge equals the unsharded output: a shardable stage's per-item results depend on the

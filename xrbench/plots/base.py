@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import XRBenchError
-from .identity import TABLE_FIELD_NAMES, entry_name, table_key, table_title
-from .leaderboard.fields import get_field as _get
+from ..errors import XRBenchError
+from ..identity import TABLE_FIELD_NAMES, entry_name, table_key, table_title
+from ..leaderboard.fields import get_field as _get
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

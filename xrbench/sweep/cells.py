@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .errors import XRBenchError
+from ..errors import XRBenchError
 
 _SAFE_VALUE = re.compile(r"^[A-Za-z0-9._+-]+$")
 
@@ -70,7 +70,7 @@ class Cell:
         """The grid point as a folder name, ``trades.beta=3`` (fields joined by ``,``); ""
         without a grid. A value outside ``A-Z a-z 0-9 . _ + -`` is made safe
         (:func:`~xrbench.leaderboard.schema.safe_component`)."""
-        from .leaderboard.schema import safe_component
+        from ..leaderboard.schema import safe_component
 
         return ",".join(f"{safe_component(self.defense)}.{k}="
                         f"{v if _SAFE_VALUE.match(v) else safe_component(v)}"
@@ -93,7 +93,7 @@ class Cell:
     def entry_path(self) -> Path:
         """The entry's file: :func:`~xrbench.leaderboard.schema.entry_path` under
         :attr:`out_dir`."""
-        from .leaderboard.schema import entry_path
+        from ..leaderboard.schema import entry_path
 
         return entry_path(self.out_dir, {
             "dataset": {"name": self.dataset}, "model": {"name": self.model},
@@ -147,7 +147,7 @@ def parse_grid(items: Iterable[str]) -> dict[str, tuple[str, ...]]:
 def _recipe_field(defense: str, key: str, what: str) -> str:
     """The recipe field of ``defense`` that ``key`` names (``lambda`` finds ``lambda_``, as
     ``--set`` does); an :class:`XRBenchError` naming the fields when there is none."""
-    from .registry import defenses
+    from ..registry import defenses
 
     cls = defenses.get(defense).Recipe
     names = [f.name for f in dataclasses.fields(cls)]
@@ -199,10 +199,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     or defense, a profile, or a ``--grid``/``--set`` field that the defense's recipe lacks is
     an :class:`XRBenchError` before any work. Recipe values are not checked here: a value the
     recipe rejects makes its cell fail (:func:`cell_state`), not the sweep."""
-    from .api import default_results_dir
-    from .protocol import check_seed
-    from .protocol import get_profile
-    from .registry import datasets, defenses, explainers, models
+    from ..api import default_results_dir
+    from ..protocol import check_seed
+    from ..protocol import get_profile
+    from ..registry import datasets, defenses, explainers, models
 
     get_profile(spec.profile)
     for registry, names in ((datasets, spec.datasets), (models, spec.models),

@@ -16,7 +16,7 @@ import numpy as np
 
 from xrbench.errors import XRBenchError
 
-from .regress_values import ExampleValues, Leaf
+from .values import ExampleValues, Leaf
 
 
 MODES = ("scoring", "training")

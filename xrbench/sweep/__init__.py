@@ -11,7 +11,7 @@ point writes under its own folder, ``<out>/grid/<defense>.<field>=<value>/...``,
 points of one defense never share an entry path (:func:`Cell.out_dir`). Cells whose entry is
 already there for the same configuration (:func:`cell_state`) are skipped without loading data
 or training, so a rerun resumes an interrupted sweep. A cell that fails is reported with its
-error and does not stop the others. Cells run through :mod:`xrbench.executors` (in this
+error and does not stop the others. Cells run through :mod:`xrbench.engine.executors` (in this
 process, or as Ray tasks); xrbench schedules nothing itself.
 """
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import XRBenchError
-from .sweep_cells import Cell, SweepSpec, expand, parse_grid, parse_seeds, split_list
-from .sweep_state import (CHECKPOINT, CONFLICT, DONE, INVALID, NOTHING, PARTIAL, CellState,
+from ..errors import XRBenchError
+from .cells import Cell, SweepSpec, expand, parse_grid, parse_seeds, split_list
+from .state import (CHECKPOINT, CONFLICT, DONE, INVALID, NOTHING, PARTIAL, CellState,
                           cell_overrides, cell_state, plan)
 
 __all__ = ["CHECKPOINT", "CONFLICT", "DONE", "ENV_VARS", "FAILED", "INVALID", "NOTHING",
@@ -74,7 +74,7 @@ def run_cell(task: CellTask) -> CellRun:
     """Evaluate one cell (the task a sweep submits; top level so that it pickles). Sets the
     sweep's environment variables first, then calls :func:`xrbench.api.evaluate` without
     progress bars (the sweep shows one bar over cells)."""
-    from . import api
+    from .. import api
 
     for key, value in task.env:
         os.environ[key] = value
@@ -196,9 +196,9 @@ def run_sweep(spec: SweepSpec, *, executor: str = "local", address: str | None =
     known (:func:`expand`), and the results folder is writable."""
     from tqdm.auto import tqdm
 
-    from .executors import get_executor
+    from ..engine.executors import get_executor
 
-    from .api import check_output_folder
+    from ..api import check_output_folder
 
     t0 = time.perf_counter()
     ex = get_executor(executor, address)  # Ray missing: one line before any work

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import XRBenchError
-from .identity import entry_name
-from .plots_base import (LOG_RATIO, _get, check_one_table, figure_png, figure_title, labels,
+from ..errors import XRBenchError
+from ..identity import entry_name
+from .base import (LOG_RATIO, _get, check_one_table, figure_png, figure_title, labels,
                          line_colors, log, new_figure)
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def metric_axis(name: str) -> tuple[str, float]:
     its column's declaration (:mod:`xrbench.columns`): a plain metric by its summary label
     and scale (``expl_end`` -> ``Expl@end (x1e-7)``, 1e7), a family's member by its name
     (``retrieval/relex_adv_mask/0.2 (%)``, 100: rates are stored as shares)."""
-    from .stages import all_columns
+    from ..stages import all_columns
 
     for c in all_columns():
         if not c.family and "/".join(c.path) == name:
@@ -88,7 +88,7 @@ def draw_scatter(entries: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     if metric not in known:
         raise XRBenchError(f"unknown metric {metric!r} for these entries; valid names: "
                            f"{', '.join(known)}")
-    from .metrics.stats import rank_correlations
+    from ..metrics.stats import rank_correlations
 
     ylabel, scale = metric_axis(metric)
     fig = new_figure(6.4, 5.0)

@@ -29,7 +29,7 @@ its ``mode``:
   4. ``atol`` and ``rtol * |baseline|``.
 
   A metric that moves beyond its band in its worse direction (each stage's
-  :meth:`~xrbench.stage.Stage.rows` declares which direction is better) is ``regressed`` and
+  :meth:`~xrbench.engine.stage.Stage.rows` declares which direction is better) is ``regressed`` and
   fails; in its better direction it is ``improved`` and is reported, failing only with
   ``fail_on_improvement``; a metric with no better direction (Expl@start, the landscape) is
   ``changed`` and fails. A metric with neither an interval nor a seed spread has no band from
@@ -50,16 +50,16 @@ from __future__ import annotations
 
 from xrbench.identity import entry_key, key_text  # the key entries are matched by
 
-from .regress_bands import (ARRAY_ATOL_FLOOR, DEFAULT_ATOL, DEFAULT_K, DEFAULT_RTOL, MODES,
+from .bands import (ARRAY_ATOL_FLOOR, DEFAULT_ATOL, DEFAULT_K, DEFAULT_RTOL, MODES,
                             Settings, Tolerance, array_band, array_moved,
                             parse_metric_tolerances, scoring_band, training_band)
-from .regress_entry import (EntryCheck, Key, Report, check_entry, comparable, entry_notes,
+from .entry import (EntryCheck, Key, Report, check_entry, comparable, entry_notes,
                             regress)
-from .regress_files import (SPREAD_FOLDER, checkpoint_beside, copy_checkpoint, entry_files,
+from .files import (SPREAD_FOLDER, checkpoint_beside, copy_checkpoint, entry_files,
                             load_side, update_baselines)
-from .regress_metric import VERDICTS, MetricCheck, check_metric, moved_arrays
-from .regress_report import render
-from .regress_values import (Declared, ExampleValues, Leaf, Side, declarations, example_values,
+from .metric import VERDICTS, MetricCheck, check_metric, moved_arrays
+from .report import render
+from .values import (Declared, ExampleValues, Leaf, Side, declarations, example_values,
                              metric_leaves)
 
 __all__ = ["ARRAY_ATOL_FLOOR", "DEFAULT_ATOL", "DEFAULT_K", "DEFAULT_RTOL", "MODES",

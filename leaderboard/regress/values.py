@@ -91,7 +91,7 @@ class ExampleValues:
 def example_values(entry: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None
                    ) -> dict[str, ExampleValues]:
     """Per metric name, its per-example values, read through each stage's own mapping
-    (:meth:`xrbench.stage.Stage.examples`, the one :mod:`xrbench.compare` reads); {} when
+    (:meth:`xrbench.engine.stage.Stage.examples`, the one :mod:`xrbench.compare` reads); {} when
     the entry has no per-example file."""
     if not arrays:
         return {}

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import XRBenchError
-from .identity import entry_name
-from .plots_base import (EXPL_SCALE, LOG_RATIO, RERUN, Curve, Item, _get, check_one_table,
+from ..errors import XRBenchError
+from ..identity import entry_name
+from .base import (EXPL_SCALE, LOG_RATIO, RERUN, Curve, Item, _get, check_one_table,
                          example_array, figure_png, figure_title, labels, line_colors,
                          log, new_figure)
-from .utils import atomic_write_bytes
+from ..utils import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

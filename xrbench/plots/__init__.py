@@ -24,12 +24,12 @@ landscape PNG from plain curves.
 
 from __future__ import annotations
 
-from .plots_base import (EXPL_SCALE, LOG_RATIO, RERUN, Curve, Item, check_one_table, figure_png,
+from .base import (EXPL_SCALE, LOG_RATIO, RERUN, Curve, Item, check_one_table, figure_png,
                          labels)
-from .plots_curves import (draw_insertion, draw_landscape, insertion_curve_mean,
+from .curves import (draw_insertion, draw_landscape, insertion_curve_mean,
                            insertion_figure, landscape_figure, plot_landscape)
-from .plots_gallery import GALLERY_COLUMNS, draw_gallery, gallery_figure
-from .plots_scatter import (draw_scatter, metric_axis, metric_names, metric_object,
+from .gallery import GALLERY_COLUMNS, draw_gallery, gallery_figure
+from .scatter import (draw_scatter, metric_axis, metric_names, metric_object,
                             scatter_figure)
 
 __all__ = ["EXPL_SCALE", "GALLERY_COLUMNS", "KINDS", "LOG_RATIO", "RERUN", "Curve",

@@ -23,11 +23,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from .data import Dataset
-from .errors import XRBenchError
-from .explainers import Explainer
-from .protocol import Profile
-from .utils import atomic_write_bytes, cache_dir, file_lock, generator, hash_config, sha256_bytes
+from ..data import Dataset
+from ..errors import XRBenchError
+from ..explainers import Explainer
+from ..protocol import Profile
+from ..utils import atomic_write_bytes, cache_dir, file_lock, generator, hash_config, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +166,8 @@ class RunContext:
     cache: StageCache
     timing: dict[str, float] = field(default_factory=dict)
     reused_stages: list[str] = field(default_factory=list)
-    #: shards of each shardable stage (:mod:`xrbench.sharding`; 1 = run whole) and the
-    #: executor they run on (:mod:`xrbench.executors`; None = in sequence, here)
+    #: shards of each shardable stage (:mod:`xrbench.engine.sharding`; 1 = run whole) and the
+    #: executor they run on (:mod:`xrbench.engine.executors`; None = in sequence, here)
     shards: int = 1
     executor: Any = None
 
@@ -216,7 +216,7 @@ def metric(values: torch.Tensor, n_resamples: int, seed: int, groups: torch.Tens
     """A metric object: mean ``value``, 95% bootstrap ``ci`` (resampling examples, or
     ``groups`` such as victims, PROTOCOL 5.7), ``n`` (and ``median``); values times ``scale``.
     A value that cannot be computed is None, never NaN."""
-    from .metrics.stats import summarize
+    from ..metrics.stats import summarize
 
     v = values.detach().double().cpu() * scale
     s = summarize(v, n_resamples=n_resamples, seed=seed, groups=groups)

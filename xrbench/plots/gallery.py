@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from .errors import XRBenchError
-from .plots_base import (EXPL_SCALE, Item, check_one_table, example_array, figure_png,
+from ..errors import XRBenchError
+from .base import (EXPL_SCALE, Item, check_one_table, example_array, figure_png,
                          figure_title, labels, new_figure)
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The protocol's per-image score stages: clean and PGD accuracy (PROTOCOL.md 5.1), RPS (5.3),
 Insertion and Adv-Insertion (5.4), each declared once; :data:`xrbench.stages.STAGES` lists
-them in the order they run, :mod:`xrbench.stage` says what a stage is.
+them in the order they run, :mod:`xrbench.engine.stage` says what a stage is.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from .columns import TABLE_EPS, WILDCARD, Column
-from .runtime import ProtocolCall, RunContext, require_differentiable
-from .stage import Example, Stage, Summary, eps_key, metric_tree
+from ..columns import TABLE_EPS, WILDCARD, Column
+from ..engine.runtime import ProtocolCall, RunContext, require_differentiable
+from ..engine.stage import Example, Stage, Summary, eps_key, metric_tree
 
 
 # --- 5.1 clean and PGD accuracy ----------------------------------------------------------------
@@ -24,8 +24,8 @@ class Accuracy(Stage):
     summary_rank = 0
 
     def call(self, ctx: RunContext) -> ProtocolCall:
-        from .attacks.pgd import pgd_step_size
-        from .metrics import accuracy as acc
+        from ..attacks.pgd import pgd_step_size
+        from ..metrics import accuracy as acc
 
         eps, steps = ctx.card.eps_pgd, ctx.profile.pgd_steps
         return ProtocolCall.bind(acc.accuracy_under_pgd, eps=eps, steps=steps,
@@ -74,7 +74,7 @@ class RPS(Stage):
     version = 3  # 3: RobustAGA's SSIM (7-tap window, zero padding, whole map; protocol v3)
 
     def call(self, ctx: RunContext) -> ProtocolCall:
-        from .metrics import rps
+        from ..metrics import rps
 
         return ProtocolCall.bind(rps.rps, eps=tuple(ctx.card.rps_eps),
                                  draws=ctx.profile.rps_draws)
@@ -123,7 +123,7 @@ class Insertion(Stage):
     shard_unit = "images"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
-        from .metrics import insertion
+        from ..metrics import insertion
 
         return ProtocolCall.bind(insertion.insertion_curves)
 
@@ -150,34 +150,26 @@ class Insertion(Stage):
     )
 
 
-class AdvInsertion(Stage):
-    """Insertion in the order of the map of a frame-target manipulated image."""
+class AdvInsertion(Insertion):
+    """Insertion in the order of the map of a frame-target manipulated image (runs, shards
+    and merges as :class:`Insertion`; only the metric it calls differs)."""
 
     name = "adv_insertion"
     version = 4  # 3: the reference's 20 ratios (protocol v2); 4: keeps the curves
     differentiates = "the Adv-Insertion frame attack (PROTOCOL 5.4)"
-    shard_unit = "images"
 
     def call(self, ctx: RunContext) -> ProtocolCall:
-        from .attacks.frame import adv_insertion_eps, frame_lr
-        from .metrics import insertion
+        from ..attacks.frame import adv_insertion_eps, frame_lr
+        from ..metrics import insertion
 
         eps = adv_insertion_eps(ctx.model_name)
         iterations = ctx.profile.adv_insertion_iterations
         return ProtocolCall.bind(insertion.adv_insertion_curves, eps=eps,
                                  iterations=iterations, lr=frame_lr(eps, iterations))
 
-    def run(self, ctx: RunContext) -> dict[str, Any]:
-        return self.run_shard(ctx, 0, ctx.images.shape[0])
-
     def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
         require_differentiable(ctx.explainer, "Adv-Insertion frame attack")
-        call = self.call(ctx)
-        return insertion_output(call(ctx.model, ctx.explainer, ctx.images[lo:hi],
-                                     ctx.labels[lo:hi]), call.params()["ratios"])
-
-    def merge(self, ctx: RunContext, parts: list[dict[str, Any]]) -> dict[str, Any]:
-        return merge_insertion(parts)
+        return super().run_shard(ctx, lo, hi)
 
     def examples(self, out: dict[str, Any], grey: bool) -> dict[tuple[str, ...], Example]:
         return {("adv_insertion",): Example(out["scores"])}

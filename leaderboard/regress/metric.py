@@ -10,8 +10,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .regress_bands import Settings, array_band, array_moved, scoring_band, training_band
-from .regress_values import Declared, ExampleValues, Leaf
+from .bands import Settings, array_band, array_moved, scoring_band, training_band
+from .values import Declared, ExampleValues, Leaf
 
 
 #: verdicts, in the order a summary counts them

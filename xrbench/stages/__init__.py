@@ -1,14 +1,14 @@
 """The protocol's stages (PROTOCOL.md section 5), each declared once, in the order they run
-(:data:`STAGES`); :mod:`xrbench.stage` says what a stage is.
+(:data:`STAGES`); :mod:`xrbench.engine.stage` says what a stage is.
 
 Adding a metric: write the metric function (``metrics/<name>.py``), declare its stage here
-(or beside its kind in one of the ``stages_*`` modules below, imported here) and add it to
+(or beside its kind in one of the modules of this package, imported here) and add it to
 :data:`STAGES`, and describe its entry keys in ``leaderboard/schema.json``
 (docs/adding-a-metric.md walks through an example).
 
 The stages themselves live in one module per kind, none importing another:
-:mod:`xrbench.stages_accuracy_rps_insertion` (5.1, 5.3, 5.4),
-:mod:`xrbench.stages_retrieval_landscape` (5.5, 5.6) and :mod:`xrbench.stages_manipulation`
+:mod:`xrbench.stages.accuracy_rps_insertion` (5.1, 5.3, 5.4),
+:mod:`xrbench.stages.retrieval_landscape` (5.5, 5.6) and :mod:`xrbench.stages.manipulation`
 (5.2 and the gallery); every name they define is importable from here as before.
 """
 
@@ -21,15 +21,15 @@ from typing import Any, ClassVar  # noqa: F401
 
 import torch  # noqa: F401
 
-from .columns import MIDDLE, TABLE_EPS, WILDCARD, Column  # noqa: F401
-from .runtime import (ProtocolCall, RunContext, require_differentiable,  # noqa: F401
+from ..columns import MIDDLE, TABLE_EPS, WILDCARD, Column  # noqa: F401
+from ..engine.runtime import (ProtocolCall, RunContext, require_differentiable,  # noqa: F401
                       stage_seed)
-from .stage import Example, Row, Stage, Summary, eps_key, metric_tree  # noqa: F401
-from .stages_accuracy_rps_insertion import (RPS, Accuracy, AdvInsertion,  # noqa: F401
+from ..engine.stage import Example, Row, Stage, Summary, eps_key, metric_tree  # noqa: F401
+from .accuracy_rps_insertion import (RPS, Accuracy, AdvInsertion,  # noqa: F401
                                             Insertion, insertion_output, merge_insertion)
-from .stages_manipulation import (GALLERY_PAIRS, Gallery, Manipulation,  # noqa: F401
+from .manipulation import (GALLERY_PAIRS, Gallery, Manipulation,  # noqa: F401
                                   _ChunkCache, gallery_pairs, legacy_loss_fall, pair_index)
-from .stages_retrieval_landscape import (RETRIEVAL_KINDS, RETRIEVAL_MEANINGS,  # noqa: F401
+from .retrieval_landscape import (RETRIEVAL_KINDS, RETRIEVAL_MEANINGS,  # noqa: F401
                                          Landscape, Retrieval)
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ A stage is a small object:
 - ``name`` and ``version`` (bump the version in the commit that changes what the stage
   computes beyond float rounding: caches written by older code are then not reused);
 - ``call(ctx)``: the metric or attack function bound to its protocol arguments (a
-  :class:`~xrbench.runtime.ProtocolCall`); ``params(ctx)`` (by default ``call(ctx).params()``)
+  :class:`~xrbench.engine.runtime.ProtocolCall`); ``params(ctx)`` (by default ``call(ctx).params()``)
   are its protocol parameters, read from the code that runs, recorded in the entry and part of
   the cache key;
 - ``run(ctx)``: a dict of per-example tensors (per image, or per pair for the manipulation),
@@ -21,7 +21,7 @@ A stage is a small object:
 - shardable stages (``shard_unit`` "images" or "pairs") also have ``run_shard(ctx, lo, hi)``,
   the output over items lo .. hi - 1 (each item's result independent of the others), and
   ``merge(ctx, parts)``, which concatenates shard outputs in item order into exactly what
-  ``run`` gives (:mod:`xrbench.sharding`; ``evaluate --shards N``);
+  ``run`` gives (:mod:`xrbench.engine.sharding`; ``evaluate --shards N``);
 - ``applicable(ctx)``: None when the stage can run with this run's model and explainer, else
   the reason it cannot (by default: a stage that differentiates through the explainer's map,
   ``differentiates``, is not applicable to an evaluation-only explainer such as captum's
@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from .columns import Column, instances
+from ..columns import Column, instances
 from .runtime import ProtocolCall, RunContext
 
 log = logging.getLogger("xrbench.api")  # the per-stage lines the CLI shows in a log
@@ -167,7 +167,7 @@ class Stage:
 
     def execute_sharded(self, ctx: RunContext, params: dict[str, Any]) -> dict[str, Any]:
         """Like :meth:`execute`, the output computed in ``ctx.shards`` shards when it is not
-        cached (:func:`xrbench.sharding.run_sharded`); cached under the same key."""
+        cached (:func:`xrbench.engine.sharding.run_sharded`); cached under the same key."""
         from .sharding import run_sharded
 
         return ctx.cached(self.name, ctx.key(self.name, self.version, params),

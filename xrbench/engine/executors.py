@@ -4,7 +4,7 @@ as Ray tasks (``ray``) on a local Ray cluster started for the run or on an exist
 only submits them and collects their results.
 
 Two users: :mod:`xrbench.sweep` (one task per cell of a sweep, each training and evaluating
-one entry) and sharded evaluation (:mod:`xrbench.sharding`, one task per shard of a stage).
+one entry) and sharded evaluation (:mod:`xrbench.engine.sharding`, one task per shard of a stage).
 
     with get_executor("ray") as ex:            # starts (and later stops) a local cluster
         outcomes = ex.map(fn, items, catch=True)
@@ -24,7 +24,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
-from .errors import XRBenchError
+from ..errors import XRBenchError
 
 log = logging.getLogger(__name__)
 
