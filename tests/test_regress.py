@@ -283,6 +283,35 @@ def test_missing_extra_and_not_comparable_entries_fail(tmp_path):
     assert not _judge(_copy(tmp_path, edit=retrained), "training").failed
 
 
+def test_across_versions_shows_what_a_protocol_version_moved(tmp_path, capsys):
+    """Entries of two protocol versions are not comparable, unless --across-versions asks
+    what the new version moved: the same checkpoint and subset, every other number ok, the
+    moved metric (and only it) fails, and the version change is said."""
+    def older(e):
+        e["protocol"]["version"] = e["protocol"]["version"] - 1
+    base = _copy(tmp_path / "base", edit=older)
+    same = _copy(tmp_path)
+    assert rg.regress(rg.load_side(base)[0], rg.load_side(same)[0],
+                      rg.Settings()).entries[0].status == "not comparable"
+    report = rg.regress(rg.load_side(base)[0], rg.load_side(same)[0],
+                        rg.Settings(across_versions=True))
+    assert report.entries[0].status == "compared" and not report.failed
+    assert any("protocol version" in n and "--across-versions" in n
+               for n in report.entries[0].notes)
+
+    def ssim_moved(e):
+        leaf = e["metrics"]["rps"]["ssim"]["8/255"]
+        leaf["value"] += 0.01
+    moved = _copy(tmp_path / "moved", edit=ssim_moved)
+    code = main(["regress", str(base), str(moved), "--across-versions", "--show", "changed"])
+    out = capsys.readouterr().out
+    assert code == 1
+    rows = [ln.split()[0] for ln in out.splitlines() if ln.startswith("rps/")]
+    assert rows == ["rps/ssim/8/255"], out
+    assert main(["regress", str(base), str(moved)]) == 1
+    assert "--across-versions" in capsys.readouterr().out
+
+
 def test_a_missing_metric_fails_and_a_new_one_is_reported(tmp_path):
     def drop(e):
         del e["metrics"]["insertion"]

@@ -81,8 +81,10 @@ class Settings:
     ``atol`` (the whole band in scoring mode, floors in training mode), per-metric
     tolerances (``metric_tolerances``, glob -> :class:`Tolerance`, replacing the band of
     the metrics they match; the last matching pattern wins), ``k`` (seed standard deviations
-    in the training band), and whether an improvement fails (``fail_on_improvement``;
-    scoring mode always fails on any move)."""
+    in the training band), whether an improvement fails (``fail_on_improvement``;
+    scoring mode always fails on any move), and whether entries of different protocol
+    versions are compared (``across_versions``: to see what a new protocol version moved on
+    the same checkpoints and subset; they are not comparable otherwise)."""
 
     mode: str = "scoring"
     rtol: float = DEFAULT_RTOL
@@ -90,6 +92,7 @@ class Settings:
     metric_tolerances: tuple[tuple[str, Tolerance], ...] = ()
     k: float = DEFAULT_K
     fail_on_improvement: bool = False
+    across_versions: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

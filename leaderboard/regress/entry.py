@@ -47,17 +47,22 @@ def _diff_paths(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix[:-1]]
 
 
-def comparable(base: Mapping[str, Any], cur: Mapping[str, Any], mode: str) -> str | None:
-    """None when the two entries may be compared in ``mode``; else why not (one sentence)."""
+def comparable(base: Mapping[str, Any], cur: Mapping[str, Any], mode: str,
+               across_versions: bool = False) -> str | None:
+    """None when the two entries may be compared in ``mode``; else why not (one sentence).
+    ``across_versions``: a different protocol version does not stop the comparison (the
+    subset must still be the same)."""
     from xrbench.columns import get_field
 
-    diff = first_difference(base, cur, SAME_EXAMPLES)
+    same = [f for f in SAME_EXAMPLES if not (across_versions and f == ("protocol", "version"))]
+    diff = first_difference(base, cur, tuple(same))
     if diff is not None:
         what = {"protocol.version": "protocol version",
                 "subset.manifest_sha256": "subset manifest"}[diff[0]]
         return (f"{what} differs ({diff[1]!s:.16} in the baseline, {diff[2]!s:.16} now): their "
                 "numbers are not comparable; refresh the baseline (--update) in a reviewed "
-                "commit")
+                "commit" + ("" if what != "protocol version" else
+                            ", or see what the new version moved with --across-versions"))
     if mode == "scoring":
         a, b = get_field(base, "checkpoint", "sha256"), get_field(cur, "checkpoint", "sha256")
         if a != b:
@@ -83,6 +88,10 @@ def entry_notes(base: Mapping[str, Any], cur: Mapping[str, Any], mode: str) -> l
     a, b = get_field(base, "environment", "torch"), get_field(cur, "environment", "torch")
     if a != b:
         notes.append(f"torch {a} in the baseline, {b} now")
+    a, b = get_field(base, "protocol", "version"), get_field(cur, "protocol", "version")
+    if a != b:
+        notes.append(f"protocol version {a} in the baseline, {b} now (--across-versions): "
+                     "a move is what the new version changed, or a regression")
     params = _diff_paths(get_field(base, "protocol", "parameters") or {},
                          get_field(cur, "protocol", "parameters") or {})
     if params:
@@ -97,7 +106,7 @@ def check_entry(base: Side, cur: Side, settings: Settings,
     key but other seeds (their values feed the training band), the baseline itself included
     or not (it is added)."""
     key = entry_key(base.entry)
-    why = comparable(base.entry, cur.entry, settings.mode)
+    why = comparable(base.entry, cur.entry, settings.mode, settings.across_versions)
     if why is not None:
         return EntryCheck(key, "not comparable", base.path, cur.path, [why])
     result = EntryCheck(key, "compared", base.path, cur.path,

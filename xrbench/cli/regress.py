@@ -64,6 +64,9 @@ def add_commands(sub: Any) -> dict[str, Any]:
                         "besides BASELINE/spread/")
     p.add_argument("--fail-on-improvement", action="store_true",
                    help="training mode: a metric better than its band fails too")
+    p.add_argument("--across-versions", action="store_true",
+                   help="compare entries of different protocol versions (same subset): what "
+                        "a new version moved on the same checkpoints; any move still fails")
     p.add_argument("--show", choices=["all", "changed", "failed"], default="all",
                    help="table rows: all (default), every row not ok, or failing rows only")
     p.add_argument("--format", choices=["table", "json"], default="table",
@@ -83,7 +86,8 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
     settings = rg.Settings(mode=args.mode, rtol=args.rtol, atol=args.atol,
                            metric_tolerances=rg.parse_metric_tolerances(args.metrics), k=args.k,
-                           fail_on_improvement=args.fail_on_improvement)
+                           fail_on_improvement=args.fail_on_improvement,
+                           across_versions=args.across_versions)
     current, ignored = rg.load_side(args.current, split_spread=True)  # e.g. a baseline folder
     base_path = Path(args.baseline)
     if args.update and not (base_path.is_dir() and rg.entry_files(base_path)):
