@@ -60,8 +60,8 @@ def test_published_mat_against_sep_neg():
 
 
 def test_entries_of_different_profiles_are_not_compared(tmp_path):
-    with pytest.raises(XRBenchError, match="not comparable: protocol.version is 2 in A and 1"):
-        compare(MAT, RESULTS / "paper" / "normal-s0.json")  # protocol v2 quick vs v1 paper
+    with pytest.raises(XRBenchError, match="not comparable: protocol.version is 3 in A and 1"):
+        compare(MAT, RESULTS / "paper" / "normal-s0.json")  # protocol v3 quick vs v1 paper
     entry = json.loads(MAT.read_text())
     entry["protocol"]["profile"] = "paper"
     other = tmp_path / "mat-s0.json"

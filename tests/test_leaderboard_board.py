@@ -238,10 +238,10 @@ def test_leaderboard_without_arguments_prints_published_tables_with_correlations
     code, out, err = _run(capsys, "leaderboard")
     assert code == 0
     heads = _lines(out, "### ")
-    assert "### digits / convnet / grad_x_input / profile quick / protocol v2" in heads
+    assert "### digits / convnet / grad_x_input / profile quick / protocol v3" in heads
     assert "### mnist / convnet / grad_x_input / profile paper / reported only" in heads
     assert "### cifar10 / lenet / gradient / profile paper / reported only" in heads
-    block = out.split("profile quick / protocol v2")[1].split("### ")[0]
+    block = out.split("profile quick / protocol v3")[1].split("### ")[0]
     assert "Correlation with PGD accuracy (measured rows): Spearman's rho and Kendall's" in block
     corr = [ln for ln in block.splitlines() if ln.startswith("- Expl@end: Spearman ")]
     assert len(corr) == 1 and "Kendall" in corr[0] and "(n = 7)" in corr[0]

@@ -147,7 +147,7 @@ def test_published_tables_embed_the_figures_of_their_per_example_files() -> None
     from xrbench.leaderboard.html import SIDECAR_FIGURES, sidecar_figures
 
     board = load_board(None, reported_mode="none")
-    quick = next(t for t in board.tables if "profile quick / protocol v2" in t.title)
+    quick = next(t for t in board.tables if "profile quick / protocol v3" in t.title)
     figs = sidecar_figures(quick)
     assert [c.split(":")[0] for c, _ in figs] == [c for c, _, _ in SIDECAR_FIGURES]
     assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for _, png in figs)
