@@ -44,8 +44,9 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                         "value; JSON always has them. --intervals is the older name")
     p.add_argument("--reported", choices=("all", "beside", "none"), default=None,
                    help="where the reported rows (paper tables shipped with xrbench) go: "
-                        "all = beside measured rows of the same dataset, model, explainer and "
-                        "profile, and in tables of their own (default without --results); "
+                        "all = beside measured rows of the same dataset, model and explainer "
+                        "(any profile: a paper's setup is none of ours), else in a table of "
+                        "their own (default without --results); "
                         "beside = only beside measured rows (default with --results); "
                         "none = left out")
     return {"leaderboard": _cmd_leaderboard}
