@@ -27,6 +27,7 @@ growing GEOMETRICALLY from 10 to 100 over the iterations,
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Protocol
 
@@ -179,6 +180,34 @@ def adam_attack(
     return x_adv.detach()
 
 
+def signed_attack(
+    x_init: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, int], torch.Tensor],
+    project: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    iterations: int,
+    alpha0: float,
+    softplus: list[nn.Softplus] | None = None,
+    relu_beta_range: tuple[float, float] = (10.0, 100.0),
+) -> torch.Tensor:
+    """Signed gradient descent on the input (PROTOCOL 5.8, ``signed``): step i (0-based) is
+    ``x <- project(x - alpha_i * sign(grad))`` with the cosine-decaying step
+    ``alpha_i = alpha0 * (1 + cos(pi * i / iterations)) / 2``, from ``alpha0`` toward 0 (pixel
+    units). Blind to the gradient's scale, which Adam at one learning rate is not; otherwise
+    as :func:`adam_attack` (per-example loss (P,), the same beta schedule). Returns the
+    detached result, shaped like ``x_init``."""
+    x_adv = x_init.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        for i in range(iterations):
+            for sp in softplus or ():
+                sp.beta = beta_schedule(i, iterations, relu_beta_range)
+            (grad,) = torch.autograd.grad(loss_fn(x_adv, i).sum(), x_adv)
+            alpha = alpha0 * 0.5 * (1.0 + math.cos(math.pi * i / iterations))
+            with torch.no_grad():
+                x_adv.copy_(project(x_adv - alpha * grad.sign()))
+    return x_adv.detach()
+
+
 def _swap_relu(module: nn.Module, beta: float) -> list[nn.Softplus]:
     """Replace every ``nn.ReLU`` inside ``module`` (in place) by ``nn.Softplus(beta)``."""
     new: list[nn.Softplus] = []
@@ -219,6 +248,10 @@ def manipulate(
     output_prefactor: float = 1e6,
     trace_points: tuple[float, ...] = (0.1, 0.5, 1.0),
     relu_beta_range: tuple[float, float] = (10.0, 100.0),
+    surrogate: nn.Module | None = None,
+    x_start: torch.Tensor | None = None,
+    step: str = "adam",
+    alpha0: float | None = None,
 ) -> ManipulationResult:
     """Run the targeted manipulation for P pairs at once (PROTOCOL 5.2).
 
@@ -227,9 +260,21 @@ def manipulate(
     optional L-inf budget in pixel units around x_victim (None: only the [0, 1] box, as in the
     reference). The model runs in eval mode (restored afterwards); gradients are taken with
     respect to x' only, so model parameters never receive ``.grad``.
+
+    The variants of the worst-case ensemble (PROTOCOL 5.8, :mod:`xrbench.attacks.ensemble`)
+    change one thing each, everything else (objective, target map, victim probabilities,
+    final values on ``model``) staying as above: ``surrogate``, a model the attack
+    differentiates in place of ``model`` (its smoothed copy); ``x_start`` (P, C, H, W), where
+    the descent starts in place of x_victim (a random start; the budget stays around
+    x_victim); ``step="signed"`` with ``alpha0``: signed steps (:func:`signed_attack`) in
+    place of Adam (``lr`` is then unused).
     """
     if iterations < 1:
         raise ValueError("iterations must be >= 1")
+    if step not in ("adam", "signed"):
+        raise ValueError(f"step must be 'adam' or 'signed', not {step!r}")
+    if step == "signed" and (alpha0 is None or not alpha0 > 0):
+        raise ValueError("step='signed' needs alpha0 > 0 (pixel units)")
     x_victim, x_target = x_victim.detach(), x_target.detach()
     steps_at = [round(f * iterations) for f in trace_points]
     with eval_mode(model):
@@ -244,7 +289,8 @@ def manipulate(
 
         # the attack differentiates a frozen copy built for cheap double backward (the same
         # function up to float32 rounding; xrbench.inference)
-        attack_model, softplus = attack_copy(model, relu_beta_range[0])
+        attack_model, softplus = attack_copy(model if surrogate is None else surrogate,
+                                             relu_beta_range[0])
         if softplus:
             log.info("ReLU model: attacking a Softplus surrogate, beta %g -> %g (geometric)",
                      *relu_beta_range)
@@ -268,8 +314,14 @@ def manipulate(
                 x = torch.min(torch.max(x, x_victim - eps), x_victim + eps)
             return x.clamp(0.0, 1.0)
 
-        x_adv = adam_attack(x_victim, loss_fn, project, iterations=iterations, lr=lr,
-                            softplus=softplus, relu_beta_range=relu_beta_range)
+        x0 = x_victim if x_start is None else x_start.detach()
+        if step == "signed":
+            assert alpha0 is not None
+            x_adv = signed_attack(x0, loss_fn, project, iterations=iterations, alpha0=alpha0,
+                                  softplus=softplus, relu_beta_range=relu_beta_range)
+        else:
+            x_adv = adam_attack(x0, loss_fn, project, iterations=iterations, lr=lr,
+                                softplus=softplus, relu_beta_range=relu_beta_range)
         if iterations in steps_at:
             loss, expl = _objective(attack_model, explainer, x_adv, pred_victim, target_map,
                                     prob_victim, map_prefactor, output_prefactor, False)
@@ -285,6 +337,12 @@ def manipulate(
               "output_prefactor": output_prefactor, "optimizer": "adam",
               "relu_surrogate": bool(softplus), "attack_model": "frozen_inference_copy",
               "relu_beta_range": list(relu_beta_range), "relu_beta_growth": "geometric"}
+    if step == "signed":  # the ensemble's variants say what they changed
+        params.update(optimizer="signed", alpha0=alpha0, step_decay="cosine")
+    if surrogate is not None:
+        params["surrogate"] = True
+    if x_start is not None:
+        params["start"] = "given"
     return ManipulationResult(
         x_adv=x_adv, expl_start=expl_start.detach(), expl_end=expl_end.detach(),
         pred_victim=pred_victim, pred_target=pred_target, pred_adv=pred_adv,

@@ -64,6 +64,8 @@ class Row:
     file: str | None = None
     duplicate: int | None = None
     path: Path | None = None
+    #: on its table's Pareto front of :data:`PARETO_AXES` (:func:`pareto_front`)
+    pareto: bool = False
 
     @property
     def reported(self) -> bool:
@@ -85,6 +87,8 @@ class Table:
     key: TableKey
     rows: list[Row]
     rps_eps: str | None = None
+    #: the metric the rows are sorted by (:data:`SORT_KEYS`)
+    sort_by: str = "expl_end"
     correlations: list[CorrelationSet] = field(default_factory=list)
 
     @property
@@ -137,13 +141,44 @@ class Board:
         return len({id(r.entry) for t in self.tables for r in t.rows})
 
 
-def _expl_end(entry: Mapping[str, Any]) -> float | None:
-    v = _get(entry, "metrics", "expl_end", "value")
+#: the metrics a table's rows can be sorted by (``xrbench leaderboard --sort``), each an entry
+#: path under ``metrics``; rows without it go last
+SORT_KEYS = {"expl_end": "expl_end", "expl_end_worst": "expl_end_worst"}
+
+
+def _expl_end(entry: Mapping[str, Any], key: str = "expl_end") -> float | None:
+    v = _get(entry, "metrics", key, "value")
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def _sort_key(row: Row) -> tuple[Any, ...]:
-    end = _expl_end(row.entry)
+#: the axes of a table's Pareto front, all higher-is-better metrics under ``metrics``: clean
+#: accuracy, PGD accuracy and the worst-case Expl@end (PROTOCOL 5.8)
+PARETO_AXES = ("clean_acc", "pgd_acc", "expl_end_worst")
+
+
+def pareto_front(points: Sequence[Sequence[float] | None]) -> list[bool]:
+    """Which points are on the Pareto front, every coordinate higher-is-better: a point is
+    on it when no other point is at least as high on every coordinate and higher on one.
+    ``None`` (a row without all the numbers) is never on it. Equal points are all on it."""
+    out = []
+    for i, p in enumerate(points):
+        if p is None:
+            out.append(False)
+            continue
+        beaten = any(q is not None and j != i and all(b >= a for a, b in zip(p, q))
+                     and any(b > a for a, b in zip(p, q)) for j, q in enumerate(points))
+        out.append(not beaten)
+    return out
+
+
+def pareto_point(entry: Mapping[str, Any]) -> tuple[float, ...] | None:
+    """The entry's values on :data:`PARETO_AXES`, or None if one is missing."""
+    vals = [_expl_end(entry, key) for key in PARETO_AXES]
+    return None if any(v is None for v in vals) else tuple(float(v) for v in vals)  # type: ignore[arg-type]
+
+
+def _sort_key(row: Row, by: str = "expl_end") -> tuple[Any, ...]:
+    end = _expl_end(row.entry, SORT_KEYS[by])
     seed = _get(row.entry, "seed")
     return (row.reported, row.source, end is None, end if end is not None else 0.0,
             str(_get(row.entry, "defense", "name")), seed if isinstance(seed, int) else -1,
@@ -156,7 +191,8 @@ def _str_key(key: TableKey) -> tuple[str, ...]:
 
 def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str = "all",
                 skipped: Sequence[Skipped] = (), inputs: Sequence[str] = (),
-                resamples: int = RESAMPLES, seed: int = SEED) -> Board:
+                resamples: int = RESAMPLES, seed: int = SEED, sort_by: str = "expl_end"
+                ) -> Board:
     """Group ``rows`` (entries or :class:`Row`) into tables, find duplicates and compute each
     table's correlations (module docstring). ``reported_mode``: ``all`` (reported rows
     beside measured ones and in tables of their own), ``beside`` (only beside measured
@@ -189,7 +225,12 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
                + [own[k] for k in sorted(own, key=_str_key)])
     duplicates: list[Duplicate] = []
     for t in ordered:
-        t.rows.sort(key=_sort_key)
+        t.sort_by = sort_by
+        t.rows.sort(key=lambda r: _sort_key(r, sort_by))
+        points = [None if r.reported else pareto_point(r.entry) for r in t.rows]
+        if sum(p is not None for p in points) >= 2:  # a lone row's front says nothing
+            for r, on in zip(t.rows, pareto_front(points)):
+                r.pareto = on
         groups: dict[tuple[str, str, Any, Any], list[Row]] = {}
         for r in t.rows:  # other recipes of one defense (a sweep's grid) are other rows
             groups.setdefault((r.source, str(_get(r.entry, "defense", "name")),
@@ -232,7 +273,7 @@ def _display(path: Path, root: Path, label: str | None) -> str:
 
 def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
                reported_mode: str | None = None, resamples: int = RESAMPLES,
-               seed: int = SEED) -> Board:
+               seed: int = SEED, sort_by: str = "expl_end") -> Board:
     """Read the entries below each folder of ``results`` (default: the published entries
     shipped with xrbench) leniently (:func:`~xrbench.leaderboard.schema.scan_entries`: a bad
     file is skipped with a warning and listed in :attr:`Board.skipped`), add the shipped
@@ -266,7 +307,7 @@ def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
                     for x in scan.skipped]
     inputs = ["published" if label else str(root) for root, label in roots]
     return build_board(rows, reported_mode=mode, skipped=skipped, inputs=inputs,
-                       resamples=resamples, seed=seed)
+                       resamples=resamples, seed=seed, sort_by=sort_by)
 
 
 def published_dir() -> Path:

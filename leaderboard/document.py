@@ -54,6 +54,7 @@ def board_document(board: Board) -> dict[str, Any]:
                 "not_applicable": not_applicable(e),
                 "reference_note": reference_note(e),
                 "duplicate": r.duplicate,
+                "pareto": r.pareto,
             })
         tables.append({
             "key": {"dataset": dataset, "model": model, "explainer": explainer,

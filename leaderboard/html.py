@@ -29,7 +29,8 @@ from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
 from xrbench.columns import Column, board_columns, by_key, format_value
 
 from .board import Board, Table, row_values
-from .render import MISSING, NOT_APPLICABLE, _marks, flags_list, not_applicable, table_notes
+from .render import (MISSING, NOT_APPLICABLE, PARETO, _marks, flags_list, not_applicable,
+                     table_notes)
 from .fields import active_columns
 from .fields import get_field as _get
 
@@ -119,6 +120,8 @@ def _table_html(table: Table, intervals: bool) -> str:
         for c in columns:
             cells.append(("num", *_cell(e, c, values, table.rps_eps, intervals)))
         flags = [f for f in flags_list(e) if not (omit_nc and f == "not_converged")]
+        if r.pareto:
+            flags.insert(0, PARETO)
         cells.append(("", _e(", ".join(flags)), ""))
         body.append(cells)
     keep = list(range(len(cols)))

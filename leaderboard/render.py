@@ -48,7 +48,7 @@ from xrbench.protocol import CONVERGENCE_TOLERANCE  # noqa: F401
 from .board import Board, Duplicate, Table, build_board  # noqa: F401
 from .fields import active_columns, get_field
 from .render_cells import (DUPLICATE, MISSING, NO_DEFENSE, NOT_APPLICABLE,  # noqa: F401
-                           NOT_REFERENCE, GroupKey, _text, escape, flags_list, flags_text,
+                           NOT_REFERENCE, PARETO, GroupKey, _text, escape, flags_list, flags_text,
                            group_key, heading, not_applicable, printed_or, reference_note,
                            row_cells, table_headers, value_cell)
 from .render_notes import (_all_not_converged, _is_eps, _marks,  # noqa: F401
@@ -81,6 +81,9 @@ def table_rows(table: Table) -> tuple[list[str], list[list[str]], tuple[str, ...
     align = ["left"] + ["right"] * (len(headers) - 2) + ["left"]
     rows = [row_cells(r.entry, marks.get(i, ""), omit, table.rps_eps)
             for i, r in enumerate(table.rows)]
+    for r, cells in zip(table.rows, rows):  # the Pareto front (board.PARETO_AXES) as a flag
+        if r.pareto:
+            cells[-1] = ", ".join(c for c in (PARETO, cells[-1]) if c)
     if table.has_reported:
         headers.insert(2, "source")
         align.insert(2, "left")

@@ -17,6 +17,8 @@ from .fields import active_columns, get_field
 MISSING = "\u2013"  # en dash
 NOT_APPLICABLE = "n/a"  # a stage that did not run for this explainer (entry.not_applicable)
 NOT_REFERENCE = "\u2020"  # dagger: the recipe is not the reference recipe
+#: the flag of a row on its table's Pareto front (leaderboard.board.PARETO_AXES)
+PARETO = "pareto"
 DUPLICATE = "\u2021"  # double dagger: one of several rows with the same source, defense, seed
 NO_DEFENSE = "\u00a7"  # section sign: a reported method no xrbench defense implements
 
@@ -64,11 +66,13 @@ def reference_note(entry: Mapping[str, Any]) -> str | None:
     if not isinstance(defense, Mapping) or defense.get("reference") is not False:
         return None
     diff = defense.get("recipe_diff")
+    note = defense.get("reference_note")
     if isinstance(diff, Mapping) and diff:
         parts = [f"{k}={_text(get_field(v, 'value'))} (reference "
                  f"{_text(get_field(v, 'reference'))})" for k, v in diff.items()]
-        return " ".join(("recipe differs from the reference: " + ", ".join(parts)).split())
-    note = defense.get("reference_note")
+        also = f"; {note}" if note else ""  # e.g. attacks added to the ensemble
+        return " ".join(("recipe differs from the reference: " + ", ".join(parts)
+                         + also).split())
     return " ".join(("not the reference recipe" + (f": {note}" if note else "")).split())
 
 

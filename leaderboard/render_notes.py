@@ -85,8 +85,18 @@ def table_notes(table: Table) -> list[str]:
     if has_expl:
         order = ("Measured rows first, then reported rows, each sorted"
                  if table.has_reported and measured else "Rows sorted")
-        notes.append(f"{order} by Expl@end ascending (lower = the manipulation got closer to "
+        by = "Expl@end (worst)" if table.sort_by == "expl_end_worst" else "Expl@end"
+        notes.append(f"{order} by {by} ascending (lower = the manipulation got closer to "
                      "its target = less robust explanation). Expl values are mean L_e x1e7.")
+    if any(_value(e, "expl_end_worst") is not None for e in measured):
+        notes.append("Expl@end (worst): per pair the lowest L_e of an attack ensemble "
+                     "(dombrowski, smoothed, signed, restart; PROTOCOL 5.8) among candidates "
+                     "that keep the class; flag attack_sensitive: more than 20% below Expl@end "
+                     "with disjoint intervals.")
+    if any(r.pareto for r in table.rows):
+        notes.append("pareto: on the table's Pareto front of clean accuracy, PGD accuracy and "
+                     "Expl@end (worst): no other row is at least as high on all three and "
+                     "higher on one.")
     else:
         notes.append("Rows in defense-name order.")
     if measured:

@@ -22,7 +22,7 @@ from xrbench.engine.stage import Stage, run_stages
 from xrbench.stages import STAGES
 
 EXPLAINERS = ("deeplift", "lrp", "gradcam")
-ATTACKS = {"manipulation", "adv_insertion", "gallery"}  # stages that differentiate through the map
+ATTACKS = {"manipulation", "ensemble", "adv_insertion", "gallery"}  # stages that differentiate through the map
 
 
 def _evaluate(explainer: str, results: Path) -> int:

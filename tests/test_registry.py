@@ -284,4 +284,4 @@ def test_an_entry_records_the_distribution_of_a_plugin_model_and_explainer(globa
     assert e["model"]["name"] == "tiny_conv" and e["explainer"]["name"] == "plugin_deeplift"
     assert e["defense"]["source"] == "xrbench"
     # evaluation-only (captum) like the explainer it wraps: the attacks are n/a, not a failure
-    assert set(e["not_applicable"]) == {"manipulation", "adv_insertion", "gallery"}
+    assert set(e["not_applicable"]) == {"manipulation", "ensemble", "adv_insertion", "gallery"}

@@ -164,7 +164,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              progress: bool = True, beta: float = DEFAULT_BETA, cache_root: Path | None = None,
              extractor_weights: str | os.PathLike[str] | None = None,
              shards: int | None = None, executor: "str | Any" = "local",
-             ray_address: str | None = None) -> Result:
+             ray_address: str | None = None, attacks: "tuple[str, ...] | list[str]" = ()
+             ) -> Result:
     """Score one (defense, dataset, model, explainer, profile, seed) with the fixed protocol
     and write its JSON entry to
     ``out/<dataset>/<model>/<explainer>/<profile>/<defense>-s<seed>.json``, with its
@@ -182,11 +183,15 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     ``"ray"``: as Ray tasks on a local cluster or the one at ``ray_address``; or an
     :class:`~xrbench.engine.executors.Executor`), merged into the entry an unsharded run writes
     (:mod:`xrbench.engine.sharding`). Default: 1 locally, one shard per CPU of the Ray cluster.
+    ``attacks`` adds registered attacks (``xrbench list attacks``, plugins of the entry-point
+    group ``xrbench.attacks``) to the worst-case ensemble (PROTOCOL 5.8); the entry records
+    each with its version and distribution, and is then not a reference row.
     """
     from .leaderboard.examples import flatten
     from .leaderboard.schema import entry_path
 
     prof = ev.check_arguments(profile, seed, shards)
+    extra_attacks = ev.check_attacks(attacks)
     runner, own_executor = ev.executor_for(executor, ray_address)
     out_dir = Path(out).expanduser() if out is not None else default_results_dir()
     check_output_folder(out_dir)  # before hours of work, not after
@@ -206,10 +211,12 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
                          progress=progress, cache_root=cache_root, force=force, timing=timing,
                          checkpoint_sha256=ckpt_info["sha256"],
                          manifest_sha256=manifest["sha256"], shards=shards, runner=runner)
+    ctx.extra_attacks = extra_attacks
     ran = ev.run_all_stages(ctx, runner, shards, own_executor)
     timing["total"] = round(time.perf_counter() - t0, 3)  # t0 precedes training
     entry = ev.build_run_entry(ctx, ran, net, model, beta, explainer, manifest, defense_info,
                                ckpt_info)
+    ev.mark_extra_attacks(entry, extra_attacks)
     examples = flatten(ran.outputs)
     done = _write(entry_path(out_dir, entry), entry, examples, force or replace, cache_root)
     return Result(done.entry, done.path, done.written, ctx.reused_stages, examples,
@@ -280,7 +287,8 @@ def calibrate(defense: str, dataset: str = "digits", model: str = "convnet",
 
 def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
                 | tuple[str | os.PathLike[str], ...] | None = None, *, format: str = "md",
-                intervals: bool = False, reported: str | None = None) -> Any:
+                intervals: bool = False, reported: str | None = None,
+                sort: str = "expl_end") -> Any:
     """The leaderboard of every entry below ``results`` (a folder or a list of folders;
     default: the published entries shipped with the package), rendered as ``format``:
     ``md`` (markdown tables, notes and correlation lines), ``json`` (one document valid
@@ -293,8 +301,9 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
     ``reported``: where the reported entries shipped with xrbench (paper tables) appear:
     ``all`` (beside measured rows of the same dataset, model and explainer, any profile, and in
     tables of their own; the default without ``results``), ``beside`` (the default with
-    ``results``) or ``none``. No table at all is an :class:`XRBenchError` naming the skipped
-    files."""
+    ``results``) or ``none``. ``sort``: the metric each table's rows are ordered by,
+    ``expl_end`` or ``expl_end_worst`` (PROTOCOL 5.8). No table at all is an
+    :class:`XRBenchError` naming the skipped files."""
     from .leaderboard.board import load_board, warn_about
     from .leaderboard.document import Rendered, render_board
 
@@ -308,7 +317,9 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
         dirs = [results]
     else:
         dirs = list(results)
-    board = load_board(dirs, reported_mode=reported)
+    if sort not in ("expl_end", "expl_end_worst"):
+        raise XRBenchError(f"--sort must be expl_end or expl_end_worst, got {sort!r}")
+    board = load_board(dirs, reported_mode=reported, sort_by=sort)
     if not board.tables:
         where = "the published entries" if dirs is None else ", ".join(map(str, dirs))
         why = "".join(f"; skipped {s.path}: {s.reason}" for s in board.skipped[:5])

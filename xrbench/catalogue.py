@@ -15,7 +15,7 @@ import os
 from importlib import metadata, resources
 from typing import Any
 
-KINDS = ("datasets", "models", "explainers", "defenses")
+KINDS = ("datasets", "models", "explainers", "defenses", "attacks")
 PLUGIN_AUTOLOAD_ENV = "XRBENCH_DISABLE_PLUGIN_AUTOLOAD"
 
 

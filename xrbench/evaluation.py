@@ -30,6 +30,33 @@ def check_arguments(profile: "str | Profile", seed: int, shards: int | None) -> 
     return prof
 
 
+def check_attacks(names: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    """The attacks ``evaluate --attacks`` adds to the worst-case ensemble (PROTOCOL 5.8), each
+    registered (an unknown name is an error listing the known ones), in order, once each;
+    the ensemble's built-ins are in it already and are dropped."""
+    from .attacks.ensemble import BUILTIN
+    from .registry import attacks
+
+    out: list[str] = []
+    for name in names:
+        attacks.get_entry(name)  # raises XRBenchError naming the registered attacks
+        if name not in BUILTIN and name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def mark_extra_attacks(entry: dict[str, Any], extra: tuple[str, ...]) -> None:
+    """An entry whose ensemble has attacks beyond the protocol's is not a reference row
+    (``defense.reference`` false; the note names them)."""
+    if not extra:
+        return
+    defense = entry["defense"]
+    note = f"the worst-case ensemble adds attacks: {', '.join(extra)}"
+    old = defense.get("reference_note")
+    defense["reference"] = False
+    defense["reference_note"] = f"{old}; {note}" if old else note
+
+
 def executor_for(executor: "str | Any", ray_address: str | None) -> tuple[Any, bool]:
     """(the executor the shards run on, whether ``evaluate`` made it and so closes it): an
     :class:`~xrbench.engine.executors.Executor` as given, else the one ``executor`` names."""

@@ -1,4 +1,4 @@
-"""One generic registry, one instance per kind (datasets, models, explainers, defenses).
+"""One generic registry, one instance per kind (datasets, models, explainers, defenses, attacks).
 
 Built-ins register on import with :meth:`Registry.register`. Third parties register through
 entry points in the group ``xrbench.<kind>`` (e.g. ``xrbench.defenses``); those are loaded
@@ -228,3 +228,15 @@ datasets: Registry[Any] = Registry("datasets", "xrbench.data")
 models: Registry[Any] = Registry("models", "xrbench.models")
 explainers: Registry[Any] = Registry("explainers", "xrbench.explainers")
 defenses: Registry[Any] = Registry("defenses", "xrbench.defenses")
+#: the worst-case ensemble's explanation attacks (PROTOCOL 5.8, :mod:`xrbench.attacks.ensemble`)
+attacks: Registry[Any] = Registry("attacks", "xrbench.attacks.ensemble")
+
+
+def _check_attack(name: str, obj: Any) -> None:
+    if not callable(obj):
+        raise XRBenchError(f"attack {name!r} is not callable: an attack is a function "
+                           f"attack(model, explainer, x_victim, x_target, *, pairs, budget) "
+                           f"returning x_adv (xrbench.attacks.ensemble)")
+
+
+attacks.check = _check_attack

@@ -27,7 +27,7 @@ The main job:  xrbench evaluate --defense sep_neg --dataset digits
 #: which adds its subparser and returns ``{command: handler}``
 COMMAND_MODULES = tuple(f"xrbench.cli.{name}" for name in (
     "list_", "recipe", "train", "evaluate", "calibrate", "subset", "compare", "leaderboard",
-    "plot", "regress", "sweep"))
+    "plot", "regress", "sweep", "verify"))
 
 
 def build_parser(handlers: dict[str, Handler] | None = None) -> argparse.ArgumentParser:

@@ -33,7 +33,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     rows = []
     for d in api.compare(args.a, args.b, n_resamples=args.resamples):
-        scale, unit = (1e7, " (x1e-7)") if d.metric.startswith("expl_") else (1.0, "")
+        last = d.metric.split("/")[-1] if d.metric.startswith("ensemble/") else d.metric
+        scale, unit = (1e7, " (x1e-7)") if last.startswith("expl_") else (1.0, "")
         rows.append((d.metric + unit, f"{d.a * scale:.4g}", f"{d.b * scale:.4g}",
                      f"{d.diff * scale:+.4g}", f"[{d.lo * scale:+.4g}, {d.hi * scale:+.4g}]",
                      "yes" if d.zero_inside else "no", f"{d.n} / {d.units}"))

@@ -45,6 +45,11 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                         "Adv-Insertion (images) into N deterministic shards run on the "
                         "executor; the merged entry equals an unsharded run's (default: 1 with "
                         "--executor local, one per CPU of the Ray cluster with ray)")
+    p.add_argument("--attacks", default="", metavar="NAMES",
+                   help="comma-separated registered attacks (`xrbench list attacks`, plugins "
+                        "of the entry-point group xrbench.attacks) added to the worst-case "
+                        "ensemble of PROTOCOL 5.8 (dombrowski, smoothed, signed, restart); "
+                        "the entry records them and is then not a reference row")
     return {"evaluate": _cmd_evaluate}
 
 
@@ -91,6 +96,9 @@ FLAG_NOTES = {
     "not_converged": "note: not_converged: the manipulation's loss was still falling at the end "
                      "of its fixed budget; expected at the protocol's budget (Expl@end is a "
                      "fixed-budget number, docs/protocol.md)",
+    "attack_sensitive": "note: attack_sensitive: the ensemble's worst case lies more than 20% "
+                        "below Expl@end with disjoint intervals; the fixed-budget Expl@end "
+                        "overstates this model's explanation robustness (PROTOCOL 5.8)",
     "degenerate": "note: degenerate: clean accuracy is below twice chance; the explanation "
                   "metrics of such a model say little",
 }
@@ -109,7 +117,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        device=args.device, data_dir=args.data_dir, retrain=args.retrain,
                        force=args.force, replace=args.replace, progress=progress_bars(args),
                        extractor_weights=args.extractor_weights, shards=args.shards,
-                       executor=args.executor, ray_address=args.ray_address)
+                       executor=args.executor, ray_address=args.ray_address,
+                       attacks=[a.strip() for a in args.attacks.split(",") if a.strip()])
     print(summary_table(res.entry))
     timing = ", ".join(f"{k} {v:.1f}s" + (" (cached)" if k in res.reused_stages else "")
                        for k, v in res.seconds.items())

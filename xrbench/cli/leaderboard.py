@@ -16,7 +16,7 @@ def add_commands(sub: Any) -> dict[str, Handler]:
     p = sub.add_parser(
         "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
         description="One table per (dataset, model, explainer, profile, protocol version), "
-                    "rows sorted by Expl@end; under each, the correlation of PGD accuracy with "
+                    "rows sorted by Expl@end (or --sort); under each, the correlation of PGD accuracy with "
                     "each explanation metric (Spearman and Kendall, 95% bootstrap interval "
                     "over the table's rows; a sentence instead below 4 rows). Numbers copied "
                     "from the SEP paper's Tables 2 and 15 and Joo et al. 2023's Table 1 ship as "
@@ -49,6 +49,10 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                         "their own (default without --results); "
                         "beside = only beside measured rows (default with --results); "
                         "none = left out")
+    p.add_argument("--sort", choices=("expl_end", "expl_end_worst"), default="expl_end",
+                   help="the metric each table's rows are ordered by: Expl@end (default) or "
+                        "Expl@end (worst), the worst case over the attack ensemble of "
+                        "PROTOCOL 5.8; reported rows follow the measured ones")
     return {"leaderboard": _cmd_leaderboard}
 
 
@@ -82,7 +86,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         if out.exists() and not args.force:
             raise XRBenchError(f"{out} exists; pass --force to overwrite it")
     rendered = api.leaderboard(args.results, format=fmt, intervals=args.ci,
-                               reported=args.reported)
+                               reported=args.reported, sort=args.sort)
     if out is not None:
         try:
             atomic_write_text(out, rendered.text)

@@ -10,10 +10,11 @@ from .common import Handler
 
 def add_commands(sub: Any) -> dict[str, Handler]:
     """Add the ``list`` subparser to ``sub``; return ``{"list": handler}``."""
-    p = sub.add_parser("list", help="list registered datasets, models, explainers or defenses",
+    p = sub.add_parser("list", help="list registered datasets, models, explainers, defenses "
+                                    "or attacks",
                        description="List the registered components of one kind, with a "
                                    "one-line description each (plugins included).")
-    p.add_argument("kind", choices=["datasets", "models", "explainers", "defenses"])
+    p.add_argument("kind", choices=["datasets", "models", "explainers", "defenses", "attacks"])
     p.add_argument("--load", action="store_true",
                    help="import every component and plugin to list them (slower; reports a "
                         "plugin that fails to load or clashes with another name)")

@@ -25,6 +25,8 @@ explainer, profile and protocol version) as a PNG file. KIND is one of:
              maps (PROTOCOL 5.2)
   scatter    --metric (default expl_end) against PGD accuracy, one point per entry, with the
              Spearman correlation (PROTOCOL 5.7)
+  pareto     PGD accuracy against Expl@end (worst), the rows on the Pareto front of clean
+             accuracy, PGD accuracy and Expl@end (worst) as stars (PROTOCOL 5.8)
 Entries made before xrbench kept the insertion curves and the gallery lack them; re-running
 their evaluate command adds them (docs/figures.md)."""
 
@@ -33,8 +35,8 @@ def add_commands(sub: Any) -> dict[str, Any]:
     """Add the ``plot`` subparser to ``sub``; return ``{"plot": handler}``."""
     from ..plots import KINDS
 
-    p = sub.add_parser("plot", help="draw a figure (landscape, insertion, gallery, scatter) of "
-                                    "entries as a PNG",
+    p = sub.add_parser("plot", help="draw a figure (landscape, insertion, gallery, scatter, "
+                                    "pareto) of entries as a PNG",
                        description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", metavar="KIND", choices=KINDS,
@@ -113,6 +115,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         png = plots.insertion_figure(items)
     elif args.kind == "gallery":
         png = plots.gallery_figure(items, pairs=3 if args.pairs is None else args.pairs)
+    elif args.kind == "pareto":
+        png = plots.pareto_figure([e for e, _ in items])
     else:
         png = plots.scatter_figure([e for e, _ in items], args.metric or "expl_end")
     atomic_write_bytes(out, png)

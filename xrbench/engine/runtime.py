@@ -170,6 +170,11 @@ class RunContext:
     #: executor they run on (:mod:`xrbench.engine.executors`; None = in sequence, here)
     shards: int = 1
     executor: Any = None
+    #: attacks added to the worst-case ensemble by name (``evaluate --attacks``; PROTOCOL 5.8)
+    extra_attacks: tuple[str, ...] = ()
+    #: the outputs of the stages run so far in this run, by stage name (a later stage reads
+    #: an earlier one's, as the ensemble reads the manipulation's)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def card(self) -> Any:

@@ -81,6 +81,7 @@ class ShardPayload:
     base_key: dict[str, Any]
     cache_root: str
     force: bool
+    extra_attacks: tuple[str, ...] = ()
 
     @staticmethod
     def from_context(ctx: "RunContext") -> "ShardPayload":
@@ -91,7 +92,8 @@ class ShardPayload:
             explainer=ctx.explainer, card=ctx.card, profile=ctx.profile,
             images=ctx.images.cpu(), labels=ctx.labels.cpu(), device=ctx.device.type,
             seed=ctx.seed, base_key=dict(ctx.base_key),
-            cache_root=str(ctx.cache.root.parent), force=ctx.cache.force)
+            cache_root=str(ctx.cache.root.parent), force=ctx.cache.force,
+            extra_attacks=tuple(ctx.extra_attacks))
 
     def context(self) -> "RunContext":
         """The run context in this process. The device is the run's where this process has
@@ -110,7 +112,8 @@ class ShardPayload:
             explainer=self.explainer, dataset=types.SimpleNamespace(card=self.card),
             profile=self.profile, images=self.images.to(device),
             labels=self.labels.to(device), device=device, seed=self.seed, progress=False,
-            base_key=self.base_key, cache=StageCache(root, force=self.force))
+            base_key=self.base_key, cache=StageCache(root, force=self.force),
+            extra_attacks=self.extra_attacks)
 
 
 def run_shard_task(payload: ShardPayload, item: ShardItem) -> dict[str, Any]:

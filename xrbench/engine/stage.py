@@ -228,6 +228,7 @@ def run_stages(ctx: RunContext, stages: Sequence[Stage]) -> Outcome:
         else:
             done.outputs[stage.name] = stage.execute(ctx, done.params[stage.name])
         done.seconds[stage.name] = round(time.perf_counter() - t0, 3)
+        ctx.outputs[stage.name] = done.outputs[stage.name]
         if stage.name in ctx.reused_stages:
             log.info("%s: reused from the cache (it took %.1f s when computed)", stage.name,
                      ctx.timing[stage.name])

@@ -1,6 +1,6 @@
 """Figures of result entries as PNG bytes (``xrbench plot``, and the HTML leaderboard).
 
-Four figures, each of entries of ONE leaderboard table (same dataset, model, explainer,
+Five figures, each of entries of ONE leaderboard table (same dataset, model, explainer,
 profile and protocol version, PROTOCOL 8), one curve, row or point per entry, labelled by
 defense (and seed where the entries hold several seeds):
 
@@ -12,7 +12,9 @@ defense (and seed where the entries hold several seeds):
 - :func:`gallery_figure`: for a few pairs, the victim, target and manipulated images with
   their sum-normalised maps (PROTOCOL 5.2; the ``gallery`` stage's output);
 - :func:`scatter_figure`: an explanation metric against PGD accuracy (PROTOCOL 5.7's
-  question), with both intervals and the Spearman correlation.
+  question), with both intervals and the Spearman correlation;
+- :func:`pareto_figure`: PGD accuracy against Expl@end (worst), the rows on the Pareto front
+  of clean accuracy, PGD accuracy and Expl@end (worst) marked (PROTOCOL 5.8).
 
 ``items`` are ``(entry, examples)`` pairs: the entry dict and its per-example arrays
 (:func:`xrbench.leaderboard.examples.read_examples`, flat keys such as ``insertion/curve``).
@@ -29,15 +31,15 @@ from .base import (EXPL_SCALE, LOG_RATIO, RERUN, Curve, Item, check_one_table, f
 from .curves import (draw_insertion, draw_landscape, insertion_curve_mean,
                            insertion_figure, landscape_figure, plot_landscape)
 from .gallery import GALLERY_COLUMNS, draw_gallery, gallery_figure
-from .scatter import (draw_scatter, metric_axis, metric_names, metric_object,
-                            scatter_figure)
+from .scatter import (draw_pareto, draw_scatter, metric_axis, metric_names, metric_object,
+                      pareto_figure, scatter_figure)
 
 __all__ = ["EXPL_SCALE", "GALLERY_COLUMNS", "KINDS", "LOG_RATIO", "RERUN", "Curve",
            "Item", "check_one_table", "draw_gallery", "draw_insertion",
            "draw_landscape", "draw_scatter", "figure_png", "gallery_figure",
            "insertion_curve_mean", "insertion_figure", "labels", "landscape_figure",
            "metric_axis", "metric_names", "metric_object", "plot_landscape",
-           "scatter_figure"]
+           "scatter_figure", "draw_pareto", "pareto_figure"]
 
 #: the figure kinds of ``xrbench plot``
-KINDS = ("landscape", "gallery", "insertion", "scatter")
+KINDS = ("landscape", "gallery", "insertion", "scatter", "pareto")

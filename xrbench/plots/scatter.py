@@ -139,3 +139,55 @@ def scatter_figure(entries: Sequence[Mapping[str, Any]], metric: str) -> bytes:
     bootstrap interval over the entries (PROTOCOL 5.7). An entry without the metric (not
     applicable for its explainer) is left out."""
     return figure_png(draw_scatter(entries, metric))
+
+
+def draw_pareto(entries: Sequence[Mapping[str, Any]]) -> Figure:
+    """The Pareto figure (see :func:`pareto_figure`) as a matplotlib Figure."""
+    from ..leaderboard.board import pareto_front, pareto_point
+
+    key = check_one_table(entries)
+    points = [pareto_point(e) for e in entries]
+    if sum(p is not None for p in points) < 1:
+        raise XRBenchError("no entry holds clean accuracy, PGD accuracy and Expl@end (worst); "
+                           "score them with this xrbench (evaluate ... --replace adds the "
+                           "worst-case ensemble of PROTOCOL 5.8)")
+    front = pareto_front(points)
+    fig = new_figure(6.4, 5.0)
+    ax = fig.subplots(1, 1)
+    on: list[tuple[float, float]] = []
+    for entry, label, p, is_front in zip(entries, labels(entries), points, front):
+        if p is None:
+            log.info("pareto: %s has no Expl@end (worst); left out", entry_name(entry))
+            continue
+        clean, pgd, worst = p
+        y = worst * 1e7
+        ax.scatter([pgd], [y], s=40 + 4 * max(clean - 50.0, 0.0),
+                   marker="*" if is_front else "o",
+                   color="tab:red" if is_front else "tab:gray", zorder=3)
+        ax.annotate(f"{label} ({clean:.1f}%)", (pgd, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize="small")
+        if is_front:
+            on.append((pgd, y))
+    if len(on) > 1:
+        on.sort()
+        ax.plot([x for x, _ in on], [y for _, y in on], color="tab:red", alpha=0.4, zorder=2)
+    ys = [p[2] * 1e7 for p in points if p is not None]
+    if min(ys) > 0 and max(ys) / min(ys) > LOG_RATIO:
+        ax.set_yscale("log")
+    ax.set_xlabel("PGD accuracy (%)")
+    ax.set_ylabel("Expl@end, worst case (x1e-7)")
+    ax.grid(True, alpha=0.3)
+    ax.set_title("stars: the Pareto front of clean accuracy (in brackets; marker size), PGD "
+                 "accuracy\nand Expl@end (worst): no other row is at least as high on all "
+                 "three", fontsize="small")
+    fig.suptitle(f"Pareto front (PROTOCOL 5.8)\n{figure_title(key)}", fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_figure(entries: Sequence[Mapping[str, Any]]) -> bytes:
+    """PNG of one point per entry (of one table): x = PGD accuracy (%), y = Expl@end (worst)
+    (x1e-7), marker size growing with clean accuracy (printed beside the label); the entries
+    on the Pareto front of the three (:func:`xrbench.leaderboard.board.pareto_front`) as red
+    stars joined by a line. An entry without Expl@end (worst) is left out."""
+    return figure_png(draw_pareto(entries))

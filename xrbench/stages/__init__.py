@@ -9,7 +9,8 @@ Adding a metric: write the metric function (``metrics/<name>.py``), declare its 
 The stages themselves live in one module per kind, none importing another:
 :mod:`xrbench.stages.accuracy_rps_insertion` (5.1, 5.3, 5.4),
 :mod:`xrbench.stages.retrieval_landscape` (5.5, 5.6) and :mod:`xrbench.stages.manipulation`
-(5.2 and the gallery); every name they define is importable from here as before.
+(5.2 and the gallery), and :mod:`xrbench.stages.ensemble` (5.8, above the manipulation,
+whose result it reads); every name they define is importable from here as before.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .accuracy_rps_insertion import (RPS, Accuracy, AdvInsertion,  # noqa: F401
                                             Insertion, insertion_output, merge_insertion)
 from .manipulation import (GALLERY_PAIRS, Gallery, Manipulation,  # noqa: F401
                                   _ChunkCache, gallery_pairs, legacy_loss_fall, pair_index)
+from .ensemble import SENSITIVE_DROP, Ensemble, attack_sensitive  # noqa: F401
 from .retrieval_landscape import (RETRIEVAL_KINDS, RETRIEVAL_MEANINGS,  # noqa: F401
                                          Landscape, Retrieval)
 
@@ -40,7 +42,7 @@ __all__ = ["STAGES", "Row", "Stage", "Summary", "eps_key", "ProtocolCall", "RunC
 #: every stage, in the order it runs (the long pair attack last but for the gallery's few
 #: pairs, so that every other number is cached early)
 STAGES: tuple[Stage, ...] = (Accuracy(), RPS(), Insertion(), AdvInsertion(), Retrieval(),
-                             Landscape(), Manipulation(), Gallery())
+                             Landscape(), Manipulation(), Ensemble(), Gallery())
 
 
 def all_columns() -> tuple[Column, ...]:
