@@ -29,7 +29,7 @@ from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
 from xrbench.columns import Column, board_columns, by_key, format_value
 
 from .board import Board, Table, row_values
-from .render import (MISSING, NOT_APPLICABLE, PARETO, _marks, flags_list, not_applicable,
+from .render import (MISSING, held_columns, NOT_APPLICABLE, PARETO, _marks, flags_list, not_applicable,
                      table_notes)
 from .fields import active_columns
 from .fields import get_field as _get
@@ -99,7 +99,7 @@ def _table_html(table: Table, intervals: bool) -> str:
     cols: list[tuple[str, str, str]] = [("defense", "text", "defense"), ("seed", "num", "seed")]
     if table.has_reported:
         cols.append(("source", "text", "source"))
-    columns = board_columns(active_columns())
+    columns = held_columns(board_columns(active_columns()), table)
     for c in columns:
         cols.append((c.key, "num", c.header(table.rps_eps)))
     cols.append(("flags", "text", "flags"))

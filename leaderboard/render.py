@@ -70,6 +70,13 @@ def _drop_empty(headers: list[str], rows: list[list[str]], keep: int
     return [headers[i] for i in cols], [[row[i] for i in cols] for row in rows]
 
 
+def held_columns(columns: Sequence[Column], table: Table) -> list[Column]:
+    """``columns`` without the optional ones (:attr:`xrbench.columns.Column.optional`) that
+    no row of ``table`` holds."""
+    return [c for c in columns if not c.optional
+            or any(c.metric(r.entry, table.rps_eps) for r in table.rows)]
+
+
 def table_rows(table: Table) -> tuple[list[str], list[list[str]], tuple[str, ...]]:
     """(headers, rows of display cells, column alignment) of ``table``: :func:`table_headers`
     (RPS at the table's eps), a ``source`` column after ``seed`` when the table has reported
@@ -89,6 +96,13 @@ def table_rows(table: Table) -> tuple[list[str], list[list[str]], tuple[str, ...
         align.insert(2, "left")
         for r, cells in zip(table.rows, rows):
             cells.insert(2, escape(r.source))
+    held = {c.header(table.rps_eps) for c in board_columns(active_columns())
+            if c not in held_columns([c], table)}
+    if held:  # optional columns no row of this table holds (xrbench.columns.Column)
+        keep_cols = [i for i, h in enumerate(headers) if h not in held]
+        headers = [headers[i] for i in keep_cols]
+        align = [align[i] for i in keep_cols]
+        rows = [[cells[i] for i in keep_cols] for cells in rows]
     if table.reported_only:
         kept = _drop_empty(headers, rows, keep=1)
         names = kept[0]
@@ -187,9 +201,10 @@ def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
             cells.append(row + [NOT_APPLICABLE if c.stage in na else
                                 _interval_or_printed(c.metric(e, t.rps_eps), c.scale,
                                                      c.interval_digits or 0)
-                                for c in interval_columns(active_columns())])
+                                for c in held_columns(interval_columns(active_columns()), t)])
         headers = ["defense", "seed", *(["source"] if t.has_reported else []),
-                   *(c.header(t.rps_eps) for c in interval_columns(active_columns()))]
+                   *(c.header(t.rps_eps)
+                     for c in held_columns(interval_columns(active_columns()), t))]
         if t.reported_only:
             headers, cells = _drop_empty(headers, cells, keep=1)
         table = tabulate(cells, headers=headers, tablefmt="github", disable_numparse=True)

@@ -88,6 +88,8 @@ def table_notes(table: Table) -> list[str]:
         by = "Expl@end (worst)" if table.sort_by == "expl_end_worst" else "Expl@end"
         notes.append(f"{order} by {by} ascending (lower = the manipulation got closer to "
                      "its target = less robust explanation). Expl values are mean L_e x1e7.")
+    else:
+        notes.append("Rows in defense-name order.")
     if any(_value(e, "expl_end_worst") is not None for e in measured):
         notes.append("Expl@end (worst): per pair the lowest L_e of an attack ensemble "
                      "(dombrowski, smoothed, signed, restart; PROTOCOL 5.8) among candidates "
@@ -97,8 +99,6 @@ def table_notes(table: Table) -> list[str]:
         notes.append("pareto: on the table's Pareto front of clean accuracy, PGD accuracy and "
                      "Expl@end (worst): no other row is at least as high on all three and "
                      "higher on one.")
-    else:
-        notes.append("Rows in defense-name order.")
     if measured:
         mids = sorted({m for e in measured
                        if (m := middle_eps(get_field(e, "metrics", "retrieval",

@@ -115,4 +115,5 @@ def test_rps_eps_is_the_one_every_row_shares() -> None:
     assert isinstance(correlated_metrics()[0], Metric)
     # the correlated metrics are the columns that declare it, in column order
     assert [m.key for m in correlated_metrics()] == [
-        "expl_start", "expl_end", "rps_cosine", "insertion", "adv_insertion", "retrieval"]
+        "expl_start", "expl_end", "expl_end_worst", "rps_cosine", "insertion", "adv_insertion",
+        "retrieval"]

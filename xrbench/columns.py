@@ -55,7 +55,9 @@ class Column:
     there); ``number``: the path holds a plain number, not a metric object (no interval);
     ``fallback``: how to read it from entries written before the path existed;
     ``meaning``: one line for the summary (a mapping: by the family's first part);
-    ``order``: leaderboard column order (lower first)."""
+    ``order``: leaderboard column order (lower first); ``optional``: a board column left out
+    of a table where no row holds it (a metric newer than some entries, so that a table of
+    older entries does not grow a column of dashes)."""
 
     key: str
     path: tuple[str, ...]
@@ -76,6 +78,7 @@ class Column:
     fallback: Reader | None = field(default=None, compare=False)
     meaning: str | Mapping[str, str] = ""
     order: int = 100
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if self.better not in BETTER:

@@ -35,7 +35,8 @@ def restore(entry: dict[str, Any], pt: Path, cache: Path | None) -> None:
     from xrbench.data import dataset_card
     from xrbench.train import checkpoint_key
 
-    side = json.loads(sidecar_path(pt).read_text())
+    committed_side = pt.with_suffix(".sidecar")  # beside an entry: .json is the entry's
+    side = json.loads(committed_side.read_text())
     key, _ = checkpoint_key(dataset_card(entry["dataset"]["name"]), entry["model"]["name"],
                             entry["defense"]["name"], overrides_of(entry), int(entry["seed"]),
                             float(entry["model"]["beta"]))
@@ -47,7 +48,7 @@ def restore(entry: dict[str, Any], pt: Path, cache: Path | None) -> None:
     if not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pt, dest)
-        shutil.copyfile(sidecar_path(pt), sidecar_path(dest))
+        shutil.copyfile(committed_side, sidecar_path(dest))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         entry = json.loads(path.read_text())
         defense = entry["defense"]["name"]
         pt = path.with_name(path.name[:-len(".json")] + ".pt")
-        if (want is not None and defense not in want) or not pt.is_file():
+        if ((want is not None and defense not in want) or not pt.is_file()
+                or not pt.with_suffix(".sidecar").is_file()):
             continue
         restore(entry, pt, args.cache)
         t0 = time.perf_counter()

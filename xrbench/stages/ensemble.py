@@ -158,6 +158,7 @@ class Ensemble(Stage):
         Column("expl_end_worst", ("expl_end_worst",), "Expl@end worst (x1e-7)", "L_e",
                "ensemble", scale=1e7, digits=1, better="higher", style="expl",
                interval_digits=0, short="Expl@end worst", correlated=True, order=41,
+               optional=True,
                summary="Expl@end, worst case (x1e-7)",
                meaning="per pair the lowest L_e any attack of the ensemble left without "
                        "changing the class"),
