@@ -210,3 +210,24 @@ def tiny_convnet() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     model = create_model("convnet", dataset_card("digits")).eval()
     return model, torch.rand(8, 1, 8, 8)
+
+
+def test_paper_runs_the_ensemble_on_the_central_images_pairs() -> None:
+    """PROTOCOL 5.8 lets ``paper`` run the ensemble on a documented fixed subset of its pairs:
+    the ordered pairs among the 5 most central images of each cluster (50 images, 2450
+    pairs, as many as ``quick``); ``quick`` runs it on every pair."""
+    from types import SimpleNamespace
+
+    from xrbench.protocol import get_profile
+    from xrbench.stages import Ensemble
+
+    paper = SimpleNamespace(images=torch.zeros(150, 1, 2, 2), profile=get_profile("paper"))
+    rows = Ensemble().pair_rows(paper)
+    pairs = ordered_pairs(150)[rows]
+    central = {c * 15 + j for c in range(10) for j in range(5)}
+    assert len(rows) == 50 * 49 == len(set(rows.tolist()))
+    assert set(pairs.flatten().tolist()) == central
+    assert bool((pairs[:, 0] != pairs[:, 1]).all())
+    assert torch.equal(rows, rows.sort().values)  # victim-major, as the manipulation's
+    quick = SimpleNamespace(images=torch.zeros(50, 1, 2, 2), profile=get_profile("quick"))
+    assert torch.equal(Ensemble().pair_rows(quick), torch.arange(50 * 49))

@@ -64,6 +64,9 @@ class Profile:
     pair_batch: int = 512  # pairs per manipulation chunk (memory/speed only; results independent)
     train_epochs: int | None = None  # a short recipe for this profile (None: the reference)
     extractor_epochs: int | None = None  # the subset extractor's short recipe (None: reference)
+    #: 5.8: the worst-case ensemble runs on the pairs among the first this-many images of each
+    #: cluster (the most central ones); None: on every pair of the manipulation
+    ensemble_per_cluster: int | None = None
 
     @property
     def n_images(self) -> int:
@@ -88,7 +91,7 @@ class Profile:
 # not_converged flag), which no setting within the quick budget avoids on digits.
 PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", per_cluster=15, manipulation_iterations=1500,
-                     manipulation_lr=None, pgd_max_images=None),
+                     manipulation_lr=None, pgd_max_images=None, ensemble_per_cluster=5),
     "quick": Profile("quick", per_cluster=5, manipulation_iterations=150,
                      manipulation_lr=7.5e-4, pgd_max_images=1000, extractor_epochs=3),
     "smoke": Profile("smoke", per_cluster=2, manipulation_iterations=20, manipulation_lr=5e-3,

@@ -46,13 +46,34 @@ class Ensemble(Stage):
 
         return resolve(ctx.extra_attacks)
 
+    def pair_rows(self, ctx: RunContext) -> torch.Tensor:
+        """The rows of the manipulation's pairs (``ordered_pairs``) the ensemble runs on, (P,)
+        int64: all of them, or (``profile.ensemble_per_cluster`` = k, the ``paper`` profile)
+        the ordered pairs among the first k images of each cluster, the most central ones
+        (the manifest lists its images cluster by cluster, nearest the centroid first)."""
+        from ..attacks.manipulation import ordered_pairs
+        from ..protocol import CLUSTERS
+        from .manipulation import pair_index
+
+        n, k = int(ctx.images.shape[0]), ctx.profile.ensemble_per_cluster
+        if k is None or k >= n // CLUSTERS:
+            return torch.arange(n * (n - 1))
+        step = n // CLUSTERS
+        chosen = torch.tensor([c * step + j for c in range(CLUSTERS) for j in range(k)])
+        sub = ordered_pairs(len(chosen))
+        return pair_index(chosen[sub], n)
+
     def params(self, ctx: RunContext) -> dict[str, Any]:
         from ..attacks import ensemble as ens
 
         b = self.budget(ctx)
         names = ["dombrowski"] + [n for n, _ in self.attacks(ctx)]
         extra = [n for n in names if n not in ens.BUILTIN]
-        return {"attacks": names, "iterations": b.iterations, "lr": b.lr,
+        k = ctx.profile.ensemble_per_cluster
+        pairs = ("all" if k is None else
+                 {"per_cluster": k, "n_pairs": int(self.pair_rows(ctx).numel()),
+                  "rule": "ordered pairs among the first per_cluster images of each cluster"})
+        return {"attacks": names, "pairs": pairs, "iterations": b.iterations, "lr": b.lr,
                 "eps_pgd": b.eps_pgd, "beta_divisor": ens.BETA_DIVISOR,
                 "alpha0": ens.ALPHA0_OVER_EPS * b.eps_pgd,
                 "restart_eps": ens.RESTART_OVER_EPS * b.eps_pgd,
@@ -71,8 +92,7 @@ class Ensemble(Stage):
         return self.execute(ctx, params)  # the same key; execute shards where asked
 
     def shard_items(self, ctx: RunContext) -> int:
-        n = int(ctx.images.shape[0])
-        return n * (n - 1)
+        return int(self.pair_rows(ctx).numel())
 
     def shard_align(self, ctx: RunContext) -> int:
         return ctx.profile.pair_batch
@@ -81,8 +101,9 @@ class Ensemble(Stage):
         return self.merge(ctx, [self.run_shard(ctx, 0, self.shard_items(ctx))])
 
     def run_shard(self, ctx: RunContext, lo: int, hi: int) -> dict[str, Any]:
-        """Every attack but ``dombrowski`` on pairs ``lo .. hi - 1`` of ``ordered_pairs``
-        (``lo`` a multiple of ``pair_batch``): per attack, L_e and whether the class was kept."""
+        """Every attack but ``dombrowski`` on pairs ``lo .. hi - 1`` of its pairs
+        (:meth:`pair_rows`; ``lo`` a multiple of ``pair_batch``): per attack, L_e and whether
+        the class was kept."""
         from ..attacks.ensemble import attack_pairs
         from ..attacks.manipulation import ordered_pairs
 
@@ -90,7 +111,7 @@ class Ensemble(Stage):
         size = ctx.profile.pair_batch
         if lo % size:
             raise ValueError(f"ensemble shard starts at pair {lo}, not a chunk boundary")
-        pairs = ordered_pairs(ctx.images.shape[0])
+        pairs = ordered_pairs(ctx.images.shape[0])[self.pair_rows(ctx)]
         budget, params = self.budget(ctx), self.params(ctx)
         # a chunk depends on its own attack's code and the sizes, not on the others: adding
         # an attack to the ensemble reuses the chunks of those already run
@@ -116,19 +137,20 @@ class Ensemble(Stage):
             m = Manipulation()
             manip = m.execute(ctx, m.params(ctx))
         names = [n for n, _ in self.attacks(ctx)]
-        expl = {"dombrowski": manip["expl_end"].cpu()}
-        kept = {"dombrowski": ~manip["class_changed"].cpu().bool()}
+        rows = self.pair_rows(ctx)
+        expl = {"dombrowski": manip["expl_end"].cpu()[rows]}
+        kept = {"dombrowski": ~manip["class_changed"].cpu().bool()[rows]}
         for name in names:
             expl[name] = torch.cat([p["expl_end"][name] for p in parts])
             kept[name] = torch.cat([p["kept"][name] for p in parts])
-        pairs = manip["pairs"].cpu()
+        pairs = manip["pairs"].cpu()[rows]
         if names and not torch.equal(torch.cat([p["pairs"] for p in parts]), pairs):
             raise RuntimeError("the ensemble's pairs do not line up with the manipulation's")
         order = ["dombrowski", *names]
         worst, winner = worst_case(torch.stack([expl[n] for n in order]),
                                    torch.stack([kept[n] for n in order]),
-                                   manip["expl_start"].cpu())
-        return {"pairs": pairs, "expl_start": manip["expl_start"].cpu(),
+                                   manip["expl_start"].cpu()[rows])
+        return {"pairs": pairs, "expl_start": manip["expl_start"].cpu()[rows],
                 "expl_end_worst": worst, "expl_end": expl, "kept": kept,
                 "won": {n: winner == i for i, n in enumerate(order)}}
 
@@ -182,6 +204,14 @@ class Ensemble(Stage):
                meaning="L_e this attack alone left (its candidates that change the class "
                        "included)"),
     )
+
+
+    def rows(self, metrics: dict[str, Any]) -> list[Any]:
+        """The default rows, without the best-known row of an entry nothing was verified
+        against (``xrbench verify`` adds it)."""
+        best = (metrics.get("ensemble") or {}).get("best_known")
+        return [r for r in super().rows(metrics)
+                if best or not r.label.startswith("Expl@end, best known")]
 
 
 def attack_sensitive(worst: dict[str, Any], end: dict[str, Any]) -> bool:
