@@ -17,7 +17,9 @@ the victim's (:func:`worst_case`):
   depends on its chunk or shard (:mod:`xrbench.keyed_random`).
 
 An attack is a function ``attack(model, explainer, x_victim, x_target, *, pairs, budget) ->
-x_adv``: (P, C, H, W) images in, the manipulated images (P, C, H, W, pixels in [0, 1]) out;
+x_adv``: (P, C, H, W) images in, the manipulated images (P, C, H, W, pixels in [0, 1]) out
+(the built-ins return :func:`manipulate`'s result, which holds x_adv and its final values
+measured on the original model exactly as :func:`judge` measures them);
 ``pairs`` (P, 2) are the pairs' (victim, target) indices in the subset and ``budget`` the
 protocol's sizes (:class:`Budget`). The ensemble judges every candidate itself on the original
 model (:func:`judge`), so an attack, built in or a plugin (entry-point group
@@ -37,7 +39,7 @@ from torch import nn
 from xrbench.explainers import expl_loss, sum_map
 from xrbench.registry import attacks as registry
 
-from .manipulation import manipulate
+from .manipulation import ManipulationResult, manipulate, manipulation_variant
 from .pgd import eval_mode
 
 #: protocol parameters of the built-in attacks (PROTOCOL 5.8)
@@ -71,7 +73,7 @@ class Attack(Protocol):
 
     def __call__(self, model: nn.Module, explainer: Any, x_victim: torch.Tensor,
                  x_target: torch.Tensor, *, pairs: torch.Tensor, budget: Budget
-                 ) -> torch.Tensor: ...
+                 ) -> torch.Tensor | ManipulationResult: ...
 
 
 def smoothed_copy(model: nn.Module, divisor: float = BETA_DIVISOR) -> nn.Module:
@@ -87,41 +89,40 @@ def smoothed_copy(model: nn.Module, divisor: float = BETA_DIVISOR) -> nn.Module:
 @registry.register("dombrowski", "the paper's attack (PROTOCOL 5.2): Adam from x_v; in the "
                                  "ensemble, the manipulation stage's own result")
 def dombrowski(model: nn.Module, explainer: Any, x_victim: torch.Tensor,
-               x_target: torch.Tensor, *, pairs: torch.Tensor, budget: Budget) -> torch.Tensor:
+               x_target: torch.Tensor, *, pairs: torch.Tensor, budget: Budget
+               ) -> ManipulationResult:
     """The manipulation stage's attack (:func:`~xrbench.attacks.manipulation.manipulate`)
     with the budget's iterations and learning rate. The ensemble does not run it again: it
     takes the manipulation stage's result."""
     res = manipulate(model, explainer, x_victim, x_target, iterations=budget.iterations,
                      lr=budget.lr, trace_points=())
-    assert res.x_adv is not None
-    return res.x_adv
+    return res
 
 
 @registry.register("smoothed", "the paper's attack on a copy with every Softplus beta / 3, "
                                "judged on the original model")
 def smoothed(model: nn.Module, explainer: Any, x_victim: torch.Tensor, x_target: torch.Tensor,
-             *, pairs: torch.Tensor, budget: Budget) -> torch.Tensor:
+             *, pairs: torch.Tensor, budget: Budget) -> ManipulationResult:
     """The Dombrowski attack taking its steps on :func:`smoothed_copy` (a ReLU model's
     Softplus surrogate schedule divided too); target map, victim probabilities and the
     result's value come from ``model``."""
     beta_range = (10.0 / BETA_DIVISOR, 100.0 / BETA_DIVISOR)
-    res = manipulate(model, explainer, x_victim, x_target, iterations=budget.iterations,
-                     lr=budget.lr, surrogate=smoothed_copy(model), relu_beta_range=beta_range,
-                     trace_points=())
-    assert res.x_adv is not None
-    return res.x_adv
+    res = manipulation_variant(model, explainer, x_victim, x_target,
+                               iterations=budget.iterations, lr=budget.lr,
+                               surrogate=smoothed_copy(model), relu_beta_range=beta_range,
+                               trace_points=())
+    return res
 
 
 @registry.register("signed", "signed steps, cosine-decaying from eps_pgd / 10")
 def signed(model: nn.Module, explainer: Any, x_victim: torch.Tensor, x_target: torch.Tensor,
-           *, pairs: torch.Tensor, budget: Budget) -> torch.Tensor:
+           *, pairs: torch.Tensor, budget: Budget) -> ManipulationResult:
     """``x <- clip(x - alpha_i sign(grad))`` on the manipulation's objective, ``alpha_i``
     decaying from ``eps_pgd / 10`` to 0 over the iterations: blind to the gradient's scale."""
-    res = manipulate(model, explainer, x_victim, x_target, iterations=budget.iterations,
-                     lr=budget.lr, step="signed", alpha0=ALPHA0_OVER_EPS * budget.eps_pgd,
-                     trace_points=())
-    assert res.x_adv is not None
-    return res.x_adv
+    res = manipulation_variant(model, explainer, x_victim, x_target,
+                               iterations=budget.iterations, lr=budget.lr, step="signed",
+                               alpha0=ALPHA0_OVER_EPS * budget.eps_pgd, trace_points=())
+    return res
 
 
 def restart_start(x_victim: torch.Tensor, pairs: torch.Tensor, budget: Budget) -> torch.Tensor:
@@ -138,13 +139,17 @@ def restart_start(x_victim: torch.Tensor, pairs: torch.Tensor, budget: Budget) -
 
 @registry.register("restart", "the paper's attack from a random start in eps_pgd / 4")
 def restart(model: nn.Module, explainer: Any, x_victim: torch.Tensor, x_target: torch.Tensor,
-            *, pairs: torch.Tensor, budget: Budget) -> torch.Tensor:
+            *, pairs: torch.Tensor, budget: Budget) -> ManipulationResult:
     """The Dombrowski attack started at :func:`restart_start` instead of x_v."""
-    res = manipulate(model, explainer, x_victim, x_target, iterations=budget.iterations,
-                     lr=budget.lr, x_start=restart_start(x_victim, pairs, budget),
-                     trace_points=())
-    assert res.x_adv is not None
-    return res.x_adv
+    res = manipulation_variant(model, explainer, x_victim, x_target,
+                               iterations=budget.iterations, lr=budget.lr,
+                               x_start=restart_start(x_victim, pairs, budget), trace_points=())
+    return res
+
+
+#: the built-in attacks: they return :func:`manipulate`'s result, whose final values are
+#: measured on the original model as :func:`judge` measures them (so not measured twice)
+_OWN = frozenset({dombrowski, smoothed, signed, restart})
 
 
 def judge(model: nn.Module, explainer: Any, x_victim: torch.Tensor, x_target: torch.Tensor,
@@ -179,7 +184,7 @@ def worst_case(expl_end: torch.Tensor, kept: torch.Tensor, expl_start: torch.Ten
     return torch.where(none, expl_start, best), torch.where(none, -1, winner)
 
 
-def resolve(names: list[str] | tuple[str, ...]) -> list[tuple[str, Callable[..., torch.Tensor]]]:
+def resolve(names: list[str] | tuple[str, ...]) -> list[tuple[str, Callable[..., Any]]]:
     """The attacks to run besides ``dombrowski`` (the built-ins, then ``names``, plugin or
     built-in, each once), as (name, function)."""
     out, seen = [], set()
@@ -214,7 +219,7 @@ class CandidateStore(Protocol):
 
 
 def attack_pairs(model: nn.Module, explainer: Any, images: torch.Tensor, pairs: torch.Tensor,
-                 attack: Callable[..., torch.Tensor], budget: Budget, *,
+                 attack: Callable[..., Any], budget: Budget, *,
                  pair_batch: int = 512, store: CandidateStore | None = None,
                  first_chunk: int = 0, progress: bool = False, desc: str = "attack"
                  ) -> dict[str, torch.Tensor]:
@@ -240,9 +245,14 @@ def attack_pairs(model: nn.Module, explainer: Any, images: torch.Tensor, pairs: 
             got = store.load(k, idx) if store is not None else None
             if got is None:
                 x_v, x_t = images[idx[:, 0]].to(device), images[idx[:, 1]].to(device)
-                x_adv = attack(model, explainer, x_v, x_t, pairs=idx, budget=budget)
-                check_candidates(x_adv, x_v)
-                expl, kept = judge(model, explainer, x_v, x_t, x_adv)
+                res = attack(model, explainer, x_v, x_t, pairs=idx, budget=budget)
+                if isinstance(res, ManipulationResult) and attack in _OWN:
+                    # xrbench's own attacks end by judging x' exactly as judge() does
+                    expl, kept = res.expl_end, ~res.class_changed
+                else:
+                    x_adv = res.x_adv if isinstance(res, ManipulationResult) else res
+                    check_candidates(x_adv, x_v)
+                    expl, kept = judge(model, explainer, x_v, x_t, x_adv)
                 got = {"expl_end": expl.cpu(), "kept": kept.cpu(), "pairs": idx.cpu()}
                 if store is not None:
                     store.save(k, got)

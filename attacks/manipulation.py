@@ -248,10 +248,6 @@ def manipulate(
     output_prefactor: float = 1e6,
     trace_points: tuple[float, ...] = (0.1, 0.5, 1.0),
     relu_beta_range: tuple[float, float] = (10.0, 100.0),
-    surrogate: nn.Module | None = None,
-    x_start: torch.Tensor | None = None,
-    step: str = "adam",
-    alpha0: float | None = None,
 ) -> ManipulationResult:
     """Run the targeted manipulation for P pairs at once (PROTOCOL 5.2).
 
@@ -259,11 +255,39 @@ def manipulate(
     rate in pixel units (the reference's normalised-space 2e-4 is ``2e-4 * std`` here). ``eps``:
     optional L-inf budget in pixel units around x_victim (None: only the [0, 1] box, as in the
     reference). The model runs in eval mode (restored afterwards); gradients are taken with
-    respect to x' only, so model parameters never receive ``.grad``.
+    respect to x' only, so model parameters never receive ``.grad``. Its keyword arguments
+    are the stage's protocol parameters (recorded in the entry); the worst-case ensemble's
+    variants of it are :func:`manipulation_variant`.
+    """
+    return manipulation_variant(
+        model, explainer, x_victim, x_target, iterations=iterations, lr=lr, eps=eps,
+        map_prefactor=map_prefactor, output_prefactor=output_prefactor,
+        trace_points=trace_points, relu_beta_range=relu_beta_range)
 
-    The variants of the worst-case ensemble (PROTOCOL 5.8, :mod:`xrbench.attacks.ensemble`)
-    change one thing each, everything else (objective, target map, victim probabilities,
-    final values on ``model``) staying as above: ``surrogate``, a model the attack
+
+def manipulation_variant(
+    model: nn.Module,
+    explainer: Explain,
+    x_victim: torch.Tensor,
+    x_target: torch.Tensor,
+    *,
+    iterations: int,
+    lr: float,
+    eps: float | None = None,
+    map_prefactor: float = 1e11,
+    output_prefactor: float = 1e6,
+    trace_points: tuple[float, ...] = (0.1, 0.5, 1.0),
+    relu_beta_range: tuple[float, float] = (10.0, 100.0),
+    surrogate: nn.Module | None = None,
+    x_start: torch.Tensor | None = None,
+    step: str = "adam",
+    alpha0: float | None = None,
+) -> ManipulationResult:
+    """:func:`manipulate` with one thing changed, for the worst-case ensemble (PROTOCOL 5.8).
+
+    The variants of the worst-case ensemble (:mod:`xrbench.attacks.ensemble`) change one
+    thing each, everything else (objective, target map, victim probabilities, final values on
+    ``model``) staying as in :func:`manipulate`: ``surrogate``, a model the attack
     differentiates in place of ``model`` (its smoothed copy); ``x_start`` (P, C, H, W), where
     the descent starts in place of x_victim (a random start; the budget stays around
     x_victim); ``step="signed"`` with ``alpha0``: signed steps (:func:`signed_attack`) in

@@ -174,7 +174,9 @@ def pareto_front(points: Sequence[Sequence[float] | None]) -> list[bool]:
 def pareto_point(entry: Mapping[str, Any]) -> tuple[float, ...] | None:
     """The entry's values on :data:`PARETO_AXES`, or None if one is missing."""
     vals = [_expl_end(entry, key) for key in PARETO_AXES]
-    return None if any(v is None for v in vals) else tuple(float(v) for v in vals)  # type: ignore[arg-type]
+    if any(v is None for v in vals):
+        return None
+    return tuple(float(v) for v in vals if v is not None)
 
 
 def _sort_key(row: Row, by: str = "expl_end") -> tuple[Any, ...]:

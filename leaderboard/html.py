@@ -29,8 +29,8 @@ from .analysis import MIN_ROWS, RESAMPLES, SEED, format_correlation
 from xrbench.columns import Column, board_columns, by_key, format_value
 
 from .board import Board, Table, row_values
-from .render import (MISSING, held_columns, NOT_APPLICABLE, PARETO, _marks, flags_list, not_applicable,
-                     table_notes)
+from .render import (MISSING, NOT_APPLICABLE, PARETO, _marks, flags_list, held_columns,
+                     not_applicable, table_notes)
 from .fields import active_columns
 from .fields import get_field as _get
 

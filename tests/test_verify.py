@@ -44,7 +44,7 @@ def _submission(entry_path: Path, out: Path) -> np.ndarray:
     pairs = ordered_pairs(images.shape[0])
     budget = ens.Budget(iterations=60, lr=5e-3, eps_pgd=0.3, seed=1)
     x_adv = ens.signed(net, get_explainer(entry["explainer"]["name"]), images[pairs[:, 0]],
-                       images[pairs[:, 1]], pairs=pairs, budget=budget).numpy()
+                       images[pairs[:, 1]], pairs=pairs, budget=budget).x_adv.numpy()
     np.savez(out, x_adv=x_adv)
     return x_adv
 

@@ -190,8 +190,9 @@ def _model_and_images(entry: dict[str, Any], entry_path: Path,
     ckpt = Path(checkpoint) if checkpoint is not None else entry_path.with_name(
         entry_path.name[:-len(".json")] + ".pt")
     if not ckpt.is_file():
+        digest = entry["checkpoint"]["sha256"][:12]
         raise XRBenchError(f"checkpoint not found: {ckpt}; pass --checkpoint with the weights "
-                           f"the entry was scored on (sha256 {entry['checkpoint']['sha256'][:12]}...)")
+                           f"the entry was scored on (sha256 {digest}...)")
     ds = load_dataset(entry["dataset"]["name"], data_dir)
     net = create_model(entry["model"]["name"], ds.card, beta=float(entry["model"]["beta"]))
     try:

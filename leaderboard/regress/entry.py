@@ -92,8 +92,12 @@ def entry_notes(base: Mapping[str, Any], cur: Mapping[str, Any], mode: str) -> l
     if a != b:
         notes.append(f"protocol version {a} in the baseline, {b} now (--across-versions): "
                      "a move is what the new version changed, or a regression")
-    params = _diff_paths(get_field(base, "protocol", "parameters") or {},
-                         get_field(cur, "protocol", "parameters") or {})
+    pa = get_field(base, "protocol", "parameters") or {}
+    pb = get_field(cur, "protocol", "parameters") or {}
+    # a stage only one side ran (new in this xrbench, or not applicable) is not a parameter
+    # difference: its metrics are reported as new or missing
+    both = set(pa) & set(pb) if isinstance(pa, Mapping) and isinstance(pb, Mapping) else set()
+    params = _diff_paths({k: pa[k] for k in both}, {k: pb[k] for k in both})
     if params:
         shown = ", ".join(params[:6]) + (f" and {len(params) - 6} more" if len(params) > 6 else "")
         notes.append(f"protocol parameters differ: {shown}")
