@@ -67,8 +67,9 @@ def add_commands(sub: Any) -> dict[str, Any]:
     p.add_argument("--across-versions", action="store_true",
                    help="compare entries of different protocol versions (same subset): what "
                         "a new version moved on the same checkpoints; any move still fails")
-    p.add_argument("--show", choices=["all", "changed", "failed"], default="all",
-                   help="table rows: all (default), every row not ok, or failing rows only")
+    p.add_argument("--show", choices=["all", "changed", "failed"], default="changed",
+                   help="table rows: every row that is not ok (default; a line counts the "
+                        "others), all rows, or failing rows only")
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="table (default) or json (for machines; same exit code)")
     p.add_argument("--update", action="store_true",
