@@ -150,8 +150,11 @@ def _convert(raw: Any, field: dataclasses.Field, cls: type) -> Any:
     default = field.default
     typ = str(field.type)
     try:
-        if raw.lower() == "none":
-            return None
+        if raw.lower() in ("none", "null"):
+            if default is None or "None" in typ or "Optional" in typ:
+                return None
+            raise XRBenchError(f"recipe field {field.name!r} of {cls.__qualname__} cannot be "
+                               f"none: it takes {typ} (default {default!r})")
         if isinstance(default, bool) or "bool" in typ:
             if raw.lower() in ("1", "true", "yes"):
                 return True

@@ -120,6 +120,19 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
                                             str(f["existing_md"])], "--force"),
     ("subset-no-overwrite", lambda f: ["subset", "--out", str(f["existing_manifest"])],
      "--force"),
+    # issue 21: typed parsing of every CLI and recipe value
+    ("calibrate-epochs-0", lambda f: ["calibrate", "--epochs", "0"], "between 1 and"),
+    ("set-epochs-none", lambda f: ["evaluate", "--set", "epochs=none"], "cannot be none"),
+    ("set-batch-size-none", lambda f: ["train", "--set", "batch_size=null"], "cannot be none"),
+    ("seed-beyond-64-bits", lambda f: ["evaluate", "--seed", str(2 ** 64)], "between 0 and"),
+    ("compare-resamples-huge", lambda f: ["compare", "a.json", "b.json", "--resamples",
+                                          "100000000000"], "--resamples"),
+    ("sweep-seeds-huge", lambda f: ["sweep", "--defenses", "normal", "--seeds",
+                                    "0-100000000000", "--dry-run"], "at most 10000 seeds"),
+    ("shards-0", lambda f: ["evaluate", "--shards", "0"], "--shards"),
+    ("unknown-attack", lambda f: ["evaluate", "--attacks", "nosuch"], "unknown attack"),
+    ("verify-missing-entry", lambda f: ["verify", "/nonexistent/e.json", "/nonexistent/s.npz",
+                                        "--out", "x"], "not found"),
 ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Handler, progress_bars
+from .common import EPOCHS, SEED, Handler, progress_bars
 
 
 def add_commands(sub: Any) -> dict[str, Handler]:
@@ -27,9 +27,9 @@ def add_commands(sub: Any) -> dict[str, Handler]:
     p.add_argument("--grid", nargs="+", type=float, default=None, metavar="LAMBDA",
                    help="|lambda| values to try; the defense's sign is applied (default: 10 30 "
                         "100 300 1000 3000 10000 30000 100000)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=EPOCHS, default=None,
                    help="epochs of the short recipe (default: 10)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=SEED, default=0,
                    help="seed of every training and of the PGD scoring (default: 0)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="write the record here instead of the cache (train/evaluate then do "
@@ -55,7 +55,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     print(f"{'lambda':>10}  {'clean %':>8}  {'PGD %':>8}  passes the rule", flush=True)
     record, path = api.calibrate(args.defense, args.dataset, args.model, grid=args.grid,
-                                 epochs=args.epochs or SHORT_EPOCHS, seed=args.seed,
+                                 epochs=SHORT_EPOCHS if args.epochs is None else args.epochs,
+                                 seed=args.seed,
                                  device=args.device, data_dir=args.data_dir, out=args.out,
                                  force=args.force, progress=progress_bars(args),
                                  on_point=lambda p: print(row(p), flush=True))

@@ -42,9 +42,9 @@ def add_common_options(p: argparse.ArgumentParser, *,
     p.add_argument("--model", default="convnet", help="model name (default: convnet)")
     p.add_argument("--defense", default=defense_default,
                    help=f"defense name (default: {defense_default}); see `xrbench list defenses`")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation, data order and "
+    p.add_argument("--seed", type=SEED, default=0, help="seed for initialisation, data order and "
                                                        "the defense's randomness (default: 0)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=EPOCHS, default=None,
                    help="override the recipe's epochs (the recipe hash changes accordingly)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set lambda_=-1000 (repeatable)")
@@ -67,6 +67,33 @@ def add_executor_options(p: argparse.ArgumentParser, tasks: str = "tasks") -> No
                    help="with --executor ray: a running Ray cluster (ray://host:10001, "
                         "host:6379 or auto); default: start a local cluster with this "
                         "machine's CPUs and GPUs for the run, and stop it after")
+
+
+#: the largest seed: torch generators take 64-bit seeds and a run derives ``seed + k`` from
+#: its seed, so seeds stay well below 2**63
+MAX_SEED = 2 ** 62
+
+
+def int_in(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[lo, hi]``, else a one-line usage error saying
+    the range (``--epochs 0`` is an error, never a silent default)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{what} must be between {lo} and {hi}, got "
+                                             f"{value}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+#: the integer options, typed once
+EPOCHS = int_in(1, 10_000, "epochs")
+SEED = int_in(0, MAX_SEED, "seed")
 
 
 class Parser(argparse.ArgumentParser):

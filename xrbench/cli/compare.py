@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Handler
+from .common import Handler, int_in
 
 
 def add_commands(sub: Any) -> dict[str, Handler]:
@@ -21,7 +21,8 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                                    "difference could be noise.")
     p.add_argument("a", metavar="A", help="entry JSON (the reference)")
     p.add_argument("b", metavar="B", help="entry JSON compared against A")
-    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (1000)")
+    p.add_argument("--resamples", type=int_in(1, 1_000_000, "--resamples"), default=1000,
+                   help="bootstrap resamples (1000; at most 1,000,000)")
     return {"compare": _cmd_compare}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import (EXTRACTOR_HELP, Handler, add_common_options, add_executor_options,
+from .common import (EXTRACTOR_HELP, Handler, add_common_options, add_executor_options, int_in,
                      parse_sets, progress_bars)
 
 
@@ -40,7 +40,7 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                         "older xrbench without a newer stage), reusing the cached stages")
     p.add_argument("--extractor-weights", default=None, metavar="PATH", help=EXTRACTOR_HELP)
     add_executor_options(p, "shards")
-    p.add_argument("--shards", type=int, default=None, metavar="N",
+    p.add_argument("--shards", type=int_in(1, 100_000, "--shards"), default=None, metavar="N",
                    help="split the manipulation (pairs), RelEx retrieval, Insertion and "
                         "Adv-Insertion (images) into N deterministic shards run on the "
                         "executor; the merged entry equals an unsharded run's (default: 1 with "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import XRBenchError
+from .common import int_in
 
 DESCRIPTION = """\
 Draw one figure of result entries (all of one leaderboard table: same dataset, model,
@@ -51,7 +52,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
                         "metrics such as expl_end (default), expl_start, insertion, "
                         "adv_insertion, class_changed, rps/cosine/8/255, "
                         "retrieval/relex_adv_mask/0.1 (docs/figures.md lists them)")
-    p.add_argument("--pairs", type=int, default=None, metavar="N",
+    p.add_argument("--pairs", type=int_in(1, 1000, "--pairs"), default=None, metavar="N",
                    help="gallery only: pairs shown per entry (default 3; an entry keeps 4)")
     return {"plot": _cmd_plot}
 

@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .common import EPOCHS
+
 DESCRIPTION = """\
 Evaluate every cell of defenses x datasets x models x explainers x seeds (and, per defense,
 every point of a recipe grid) with the fixed protocol; each cell writes its own entry, as
@@ -77,7 +79,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
                    help="override a recipe field in every cell (every defense must have it), "
                         "or with DEFENSE. in that defense's cells only, e.g. --set epochs=5 "
                         "or --set sep_neg.lambda_=-100 (repeatable)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=EPOCHS, default=None,
                    help="override every recipe's epochs (same as --set epochs=N)")
     p.add_argument("--out", default=None,
                    help="results folder (default: $XRBENCH_RESULTS or ~/.cache/xrbench/results); "

@@ -113,16 +113,27 @@ def split_list(text: str, what: str) -> tuple[str, ...]:
     return items
 
 
+#: the most seeds one sweep lists (each is at least one training run), and the largest seed
+MAX_SEEDS = 10_000
+MAX_SEED = 2 ** 62
+
+
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """``"0,1,2"`` or a range ``"0-4"`` (both ends included) as seeds."""
+    """``"0,1,2"`` or a range ``"0-4"`` (both ends included) as seeds; at most
+    :data:`MAX_SEEDS` of them, each at most :data:`MAX_SEED` (checked before any list is
+    made, so a huge range is a one-line error, not a MemoryError)."""
     out: list[int] = []
     for part in split_list(text, "--seeds"):
         lo, dash, hi = part.partition("-")
         try:
-            out += list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
+            a, b = (int(lo), int(hi)) if dash and lo else (int(part), int(part))
         except ValueError:
             raise XRBenchError(f"--seeds expects integers >= 0 such as 0,1,2 or 0-4, got "
                                f"{part!r}") from None
+        if max(a, b) > MAX_SEED or b - a + 1 + len(out) > MAX_SEEDS:
+            raise XRBenchError(f"--seeds {part!r}: a sweep takes at most {MAX_SEEDS} seeds, "
+                               f"each at most 2**62")
+        out += list(range(a, b + 1))
     if any(s < 0 for s in out) or len(set(out)) != len(out) or not out:
         raise XRBenchError(f"--seeds expects distinct integers >= 0, got {text!r}")
     return tuple(out)
