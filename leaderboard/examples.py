@@ -56,7 +56,15 @@ def flatten(outputs: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarra
 
 
 def write_examples(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> str:
-    """Write ``arrays`` as a deflate-compressed ``.npz`` atomically; returns its sha256.
+    """Write ``arrays`` as a deflate-compressed ``.npz`` atomically; returns its sha256
+    (:func:`examples_bytes` makes the bytes)."""
+    data = examples_bytes(arrays)
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)
+
+
+def examples_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """``arrays`` as the bytes of a deflate-compressed ``.npz``.
 
     Members are sorted by name and carry a fixed timestamp, so the same arrays give the
     same bytes (and the same sha256) on every run.
@@ -70,9 +78,7 @@ def write_examples(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, member.getvalue())
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    return sha256_bytes(data)
+    return buf.getvalue()
 
 
 def read_examples(entry_path: str | os.PathLike[str], entry: Mapping[str, Any]

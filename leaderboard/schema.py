@@ -55,7 +55,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from xrbench.errors import XRBenchError
-from xrbench.utils import read_json, write_json
+from xrbench.utils import atomic_write_bytes, read_json, sha256_bytes, write_json
 
 SCHEMA_VERSION = 3  # 2: not_applicable, defense.reference, component distributions,
 #                      second_half_fall; 3: reported (null = measured)
@@ -220,31 +220,56 @@ def write_entry(path: str | os.PathLike[str], entry: dict[str, Any], *,
     again); an existing file that holds anything else is replaced only with
     ``overwrite=True`` (``--force``), otherwise an :class:`XRBenchError` says what to do.
     """
-    from .examples import examples_path, write_examples
+    from .examples import examples_bytes, examples_path
 
     path = Path(path)
     validate_entry(entry)  # an invalid entry writes nothing, not even its examples
+    exclusive = True  # the entry's name is free: claim it, against every other process
     if path.exists():
-        try:
-            old = read_entry(path)
-        except XRBenchError:
-            old = None
-        if old is not None and same_run(old, entry):
-            if _examples_intact(path, old, examples):
-                return Written(path, old, False)
-            # the same run whose per-example file is missing or damaged: write both again
-        elif not overwrite:
-            raise XRBenchError(f"{path} already holds a different result entry (other "
-                               "checkpoint, recipe, protocol values, stages or numbers); pass --replace "
-                               "(overwrite=True) to replace it with this run (--force also "
-                               "recomputes every stage), or choose another output folder")
-    if examples is not None:
+        old = _existing(path, entry, examples, overwrite)
+        if old is not None:
+            return old
+        exclusive = False  # replacing (--replace), or the same run's damaged files
+    data = examples_bytes(examples) if examples is not None else None
+    if data is not None:
         side = examples_path(path)
         entry = {**entry, "examples": {"file": side.name, "format": "npz",
-                                       "sha256": write_examples(side, examples)}}
+                                       "sha256": sha256_bytes(data)}}
     validate_entry(entry)
-    write_json(path, entry)
+    text = (json.dumps(entry, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    if exclusive and not atomic_write_bytes(path, text, exclusive=True):
+        # another run wrote this entry while this one was working (two runs, one --out):
+        # judged as if it had been there from the start, never silently replaced
+        old = _existing(path, entry, examples, overwrite, meanwhile=True)
+        if old is not None:
+            return old
+        atomic_write_bytes(path, text)
+    elif not exclusive:
+        atomic_write_bytes(path, text)
+    if data is not None:  # the entry's name is this run's now: its examples follow it
+        atomic_write_bytes(examples_path(path), data)
     return Written(path, entry, True)
+
+
+def _existing(path: Path, entry: dict[str, Any], examples: Mapping[str, Any] | None,
+              overwrite: bool, meanwhile: bool = False) -> Written | None:
+    """The overwrite rule for an entry already at ``path``: ``Written(..., False)`` for the
+    same run with intact examples, None where this run may write, else an error."""
+    try:
+        old = read_entry(path)
+    except XRBenchError:
+        old = None
+    if old is not None and same_run(old, entry):
+        if _examples_intact(path, old, examples):
+            return Written(path, old, False)
+        return None  # the same run whose per-example file is missing or damaged: again
+    if overwrite:
+        return None
+    when = " (written by another run while this one was working)" if meanwhile else ""
+    raise XRBenchError(f"{path} already holds a different result entry{when} (other "
+                       "checkpoint, recipe, protocol values, stages or numbers); pass "
+                       "--replace (overwrite=True) to replace it with this run (--force also "
+                       "recomputes every stage), or choose another output folder")
 
 
 def _examples_intact(path: Path, old: dict[str, Any], wanted: Mapping[str, Any] | None) -> bool:

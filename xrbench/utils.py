@@ -71,10 +71,16 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *,
+                       exclusive: bool = False) -> bool:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so a
     reader never sees a half-written file. The file gets the usual permissions (0666 less
-    the umask), not mkstemp's private 0600."""
+    the umask), not mkstemp's private 0600.
+
+    ``exclusive``: create ``path`` only if it does not exist, atomically against other
+    processes (a hard link of the finished temporary file, which fails if the name is taken;
+    ``O_EXCL`` where the filesystem has no hard links). Returns False, writing nothing, when
+    ``path`` exists already; True when written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -84,11 +90,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here (some network filesystems): O_EXCL instead
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask())
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "wb") as fh:
+                fh.write(data)
+        return True
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
