@@ -76,3 +76,16 @@ def test_compare_on_the_command_line(capsys):
     out = capsys.readouterr().out
     assert "A = mat, B = sep_neg" in out and "expl_end (x1e-7)" in out
     assert main(["compare", str(MAT), str(SEP_NEG), "--resamples", "5"]) == 2
+
+
+def test_an_entry_edited_by_hand_is_reported(tmp_path):
+    """Issue 21 case 6: a JSON metric that disagrees with the entry's own per-example file
+    is an error naming the metric, not a comparison of the file's values."""
+    entry = json.loads(MAT.read_text())
+    entry["metrics"]["expl_end"]["value"] *= 2
+    edited = tmp_path / "mat-s0.json"
+    edited.write_text(json.dumps(entry))
+    shutil.copy(MAT.with_name("mat-s0.examples.npz"), tmp_path)
+    with pytest.raises(XRBenchError, match="metric expl_end is .* in the entry but .* in its "
+                                           "per-example file"):
+        compare(edited, SEP_NEG)

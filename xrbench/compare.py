@@ -13,6 +13,8 @@ stage (:meth:`xrbench.engine.stage.Stage.examples`).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +75,27 @@ def stage_outputs(arrays: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_consistent(path: str | Path, entry: dict[str, Any], key: tuple[str, ...],
+                     ex: Any) -> None:
+    """The entry's JSON value of metric ``key`` must be the mean of its own per-example
+    values (times their scale): an entry edited by hand, or an examples file that is not its
+    own, is an :class:`XRBenchError` naming the metric and both numbers, never a comparison
+    of numbers that do not belong together."""
+    node: Any = entry.get("metrics")
+    for part in key:
+        node = node.get(part) if isinstance(node, dict) else None
+    value = node.get("value") if isinstance(node, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    mean = float(ex.values.double().mean()) * ex.scale if ex.values.numel() else None
+    if mean is None or not math.isfinite(mean):
+        return
+    if abs(mean - value) > 1e-6 * max(abs(mean), abs(value)) + 1e-12:
+        raise XRBenchError(f"{path}: metric {'/'.join(key)} is {value:.6g} in the entry but "
+                           f"{mean:.6g} in its per-example file: the entry was edited or the "
+                           "file is not its own; re-score it (evaluate --replace)")
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, groups: np.ndarray | None,
                       n_resamples: int = 1000, seed: int = 0) -> tuple[float, float, float, int]:
     """``mean(b) - mean(a)`` and its percentile bootstrap 95% interval, resampling examples
@@ -117,6 +140,8 @@ def compare(path_a: str | Path, path_b: str | Path, n_resamples: int = 1000,
         ex_b = stage.examples(out_b[stage.name], grey)
         for key in [k for k in ex_a if k in ex_b]:
             ea, eb = ex_a[key], ex_b[key]
+            for name, entry, ex in ((path_a, a, ea), (path_b, b, eb)):
+                check_consistent(name, entry, key, ex)
             groups = None if ea.groups is None else ea.groups.numpy()
             diff, lo, hi, units = paired_difference(ea.values.numpy() * ea.scale,
                                                     eb.values.numpy() * eb.scale, groups,
