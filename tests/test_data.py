@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -675,3 +676,51 @@ def test_mnist_truncated_gz_names_the_file(tmp_path: Path) -> None:
     assert "cannot read" in msg and "train-images-idx3-ubyte.gz" in msg
     assert "download it again" in msg
     assert not (raw / "train-images-idx3-ubyte").exists()
+
+
+# --- issue 21: an imagefolder is its content; links and deep images read right -------------
+
+def test_imagefolder_identity_covers_the_content(tmp_path: Path) -> None:
+    """Case 1: rewriting images under the same names and sizes (two classes' images swapped)
+    is another dataset, so no stale checkpoint or stage is reused for it."""
+    base = tmp_path / "imgs"
+    _image_tree(base)
+    name = load_dataset(f"imagefolder:{base}").card.name
+    cat, dog = base / "train" / "cat" / "0.png", base / "train" / "dog" / "0.png"
+    a, b = cat.read_bytes(), dog.read_bytes()
+    assert len(a) == len(b) and a != b  # same size, other pixels
+    cat.write_bytes(b)
+    dog.write_bytes(a)
+    swapped = load_dataset(f"imagefolder:{base}")
+    assert swapped.card.name != name
+    assert "contents" in swapped.card.source
+    cat.write_bytes(a)
+    dog.write_bytes(b)
+    assert load_dataset(f"imagefolder:{base}").card.name == name  # the same bytes again
+
+
+def test_imagefolder_refuses_a_folder_link_loop(tmp_path: Path) -> None:
+    """Case 3: ``train/cat/loop -> ..`` would walk the split again under class cat."""
+    base = tmp_path / "imgs"
+    _image_tree(base)
+    (base / "train" / "cat" / "loop").symlink_to("..")
+    with pytest.raises(XRBenchError, match="does not follow it"):
+        load_dataset(f"imagefolder:{base}")
+    (base / "train" / "cat" / "loop").unlink()
+    elsewhere = tmp_path / "extra-emus"  # a class folder kept elsewhere is fine
+    shutil.copytree(base / "val" / "emu", elsewhere)
+    shutil.rmtree(base / "val" / "emu")
+    (base / "val" / "emu").symlink_to(elsewhere)
+    assert len(load_dataset(f"imagefolder:{base}").test) == 3
+
+
+def test_imagefolder_reads_16_bit_images_at_their_depth(tmp_path: Path) -> None:
+    """Case 4: a 16-bit PNG of value 4065/65535 is 16/255, not white."""
+    base = tmp_path / "imgs"
+    _image_tree(base)
+    deep = np.full((30, 40), 4065, dtype=np.uint16)
+    Image.fromarray(deep).save(base / "val" / "cat" / "0.png")
+    assert Image.open(base / "val" / "cat" / "0.png").mode.startswith("I")
+    ds = load_dataset(f"imagefolder:{base}")
+    x, _ = ds.test.get_batch(torch.tensor([0]))  # val/cat/0.png is the first image
+    assert torch.allclose(x, torch.full_like(x, 16 / 255), atol=1e-6)

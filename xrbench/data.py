@@ -278,6 +278,8 @@ def _imagefolder(path: str, root: Path | None = None, size: int = 64) -> Dataset
             f"imagefolder: {base} must contain train/ and val/ (or test/), each with one "
             "folder of images per class"
         )
+    for split in (base / "train", test_dir):
+        check_folder_links(split)
     tr, te = ImageFolder(str(base / "train")), ImageFolder(str(test_dir))
     if tr.classes != te.classes:
         raise XRBenchError(f"imagefolder: {base}/train and {test_dir} have different classes")
@@ -285,22 +287,76 @@ def _imagefolder(path: str, root: Path | None = None, size: int = 64) -> Dataset
     card = DatasetCard(f"imagefolder:{digest[:12]}", 3, size, len(tr.classes), IMAGENET_MEAN,
                        IMAGENET_STD, len(tr), len(te),
                        f"torchvision ImageFolder at {base} (name: sha256 {digest[:12]} of its "
-                       f"{len(tr) + len(te)} images' relative paths and sizes)")
+                       f"{len(tr) + len(te)} images' relative paths and contents)")
     return Dataset(card, LazyImageSplit(tr, size), LazyImageSplit(te, size))
 
 
-def imagefolder_digest(base: Path, folders: list[Any], size: int) -> str:
+def check_folder_links(split: Path) -> None:
+    """Refuse folder links ImageFolder would follow into wrong labels: any link to a folder
+    inside a class folder (``train/a/loop -> ..`` walks the whole split again under class
+    ``a``, relabelling every other class), and a class folder that links into its own split
+    (a loop, or one class's images twice). A class folder that links elsewhere is fine."""
+    split_real = split.resolve()
+    for dirpath, dirnames, _ in os.walk(split, followlinks=False):
+        depth = len(Path(dirpath).relative_to(split).parts)
+        for d in dirnames:
+            link = Path(dirpath) / d
+            if not link.is_symlink():
+                continue
+            target = link.resolve()
+            inside = target == split_real or split_real in target.parents \
+                or target in split_real.parents
+            if depth >= 1 or inside:
+                raise XRBenchError(
+                    f"imagefolder: {link} is a link to the folder {target}; xrbench does not "
+                    "follow it (a link inside a class folder, or into the split itself, gives "
+                    "images the wrong class or loops): put the images themselves there")
+
+
+def imagefolder_digest(base: Path, folders: list[Any], size: int,
+                       cache_root: Path | None = None) -> str:
     """sha256 (hex) identifying an ``imagefolder:PATH`` dataset wherever it lies.
 
     Hashed: every image file the splits read (``folders``: torchvision ``ImageFolder``s, in
     train, test order) as its path relative to ``base`` (which names its split and class)
-    with its size in bytes, and the side ``size`` the images are resized to. Not hashed:
-    ``base`` itself, so moving or renaming the folder keeps the dataset's cache keys, subset
-    manifest and leaderboard table; files ImageFolder skips (non-images) do not count. One
-    ``stat`` per image: a few seconds for ImageNet's 1.3 million files on a local disk.
+    with the sha256 of its bytes, and the side ``size`` the images are resized to. So
+    rewriting images (even with the same names and sizes) gives another dataset, whose
+    checkpoints, subset and stages are computed anew; moving or renaming the folder keeps
+    them (``base`` itself is not hashed); files ImageFolder skips do not count.
+
+    Reading every byte on every run would be slow for large folders, so each file's sha256 is
+    kept in an index in the cache (``imagefolder-index/``), reused while the file's size and
+    modification time are the same (the cheap check; a rewrite changes the time) and
+    computed again otherwise.
     """
+    from .utils import atomic_write_text, cache_dir, sha256_file
+
     root = os.fspath(base)
-    rows = [[os.path.relpath(path, root).replace(os.sep, "/"), os.stat(path).st_size]
-            for folder in folders for path, _ in folder.samples]
-    body = json.dumps({"files": rows, "image_size": size}, separators=(",", ":"))
+    index_path = ((cache_root or cache_dir()) / "imagefolder-index"
+                  / f"{sha256_bytes(os.path.realpath(root).encode())[:16]}.json")
+    try:
+        known = json.loads(index_path.read_text())
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    index, rows = {}, []
+    for folder in folders:
+        for path, _ in folder.samples:
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            st = os.stat(path)
+            rec = known.get(rel)
+            if (isinstance(rec, list) and len(rec) == 3 and rec[0] == st.st_size
+                    and rec[1] == st.st_mtime_ns):
+                digest = str(rec[2])
+            else:
+                digest = sha256_file(path)
+            index[rel] = [st.st_size, st.st_mtime_ns, digest]
+            rows.append([rel, digest])
+    if index != known:
+        try:
+            atomic_write_text(index_path, json.dumps(index, separators=(",", ":")))
+        except OSError:  # a read-only cache: hashed again next time, nothing lost
+            pass
+    body = json.dumps({"files": rows, "image_size": size, "identity": "content"},
+                      separators=(",", ":"))
     return sha256_bytes(body.encode())

@@ -104,6 +104,27 @@ class TensorSplit:
         return x, self.labels[indices]
 
 
+def load_rgb(path: str | Path) -> Any:
+    """The image file at ``path`` as an 8-bit RGB PIL image, its values scaled from the
+    file's own depth: a 16-bit PNG (mode ``I;16``, or ``I`` as PIL opens some) is divided by
+    257, so 4065/65535 becomes 16/255 (PIL's ``convert("RGB")`` clips it to 255, white); a
+    float image (mode ``F``) is taken as [0, 1]. Everything else converts as PIL does."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode.startswith("I;16") or im.mode == "I":
+            arr = np.asarray(im, dtype=np.float64)
+            if arr.min() < 0 or arr.max() > 65535:
+                raise ValueError(f"{im.mode} pixel values outside 0..65535")
+            im8 = Image.fromarray(np.rint(arr / 257.0).astype(np.uint8), mode="L")
+            return im8.convert("RGB")
+        if im.mode == "F":
+            arr = np.clip(np.asarray(im, dtype=np.float64), 0.0, 1.0)
+            return Image.fromarray(np.rint(arr * 255.0).astype(np.uint8), mode="L").convert("RGB")
+        return im.convert("RGB")
+
+
 class LazyImageSplit:
     """A split read from image files on demand (``imagefolder:PATH``)."""
 
@@ -127,10 +148,13 @@ class LazyImageSplit:
         """One image as (3, size, size) in [0, 1]. A file that cannot be decoded is an error
         naming it, not a skip: skipping would silently change the split, and with it every
         index of the subset manifest."""
+        from PIL import Image
+
         path = self.folder.samples[i][0]
         try:
-            return self.transform(self.folder.loader(path))
-        except (OSError, ValueError) as exc:  # PIL.UnidentifiedImageError is an OSError
+            return self.transform(load_rgb(path))
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            # PIL.UnidentifiedImageError is an OSError; a decompression bomb is neither
             raise XRBenchError(f"imagefolder: cannot read image {path} ({type(exc).__name__}: "
                                f"{exc}); fix or remove the file") from None
 
