@@ -98,7 +98,44 @@ def read_examples(entry_path: str | os.PathLike[str], entry: Mapping[str, Any]
                            f"{digest[:12]}... vs {info['sha256'][:12]}...); re-run the "
                            "entry's evaluate command with --force")
     try:
+        check_sizes(path, entry)
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise XRBenchError(f"per-example file {path} cannot be read: {exc}") from exc
+
+
+#: bytes per example (image or pair) an entry's arrays may take, all arrays together: the
+#: stages keep a few dozen numbers per example (a 20-point Insertion curve, RPS draws x eps);
+#: the gallery's images and maps come on top (:data:`FIXED_ALLOWANCE`)
+BYTES_PER_EXAMPLE = 4096
+FIXED_ALLOWANCE = 64 * 2 ** 20
+
+
+def check_sizes(path: Path, entry: Mapping[str, Any]) -> None:
+    """Refuse, before any array is read, a per-example file whose arrays (as its zip
+    directory and each array's header declare them) would take more memory than the entry's
+    examples can need: :data:`BYTES_PER_EXAMPLE` per pair and per test image the entry
+    counts, plus :data:`FIXED_ALLOWANCE`. A small file that declares huge arrays (a
+    decompression bomb, an edited header) is an error, not gigabytes of memory."""
+    subset = entry.get("subset") or {}
+    dataset = entry.get("dataset") or {}
+    examples = sum(int(v) for v in (subset.get("n_pairs"), subset.get("n_images"),
+                                    dataset.get("test_size"))
+                   if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    limit = FIXED_ALLOWANCE + BYTES_PER_EXAMPLE * examples
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            total += info.file_size
+            if total > limit:
+                raise XRBenchError(f"per-example file {path} declares {total} bytes of arrays "
+                                   f"or more, beyond the {limit} its entry's examples can need")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+            declared = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+            if declared > info.file_size:
+                raise XRBenchError(f"per-example file {path}: array {info.filename} declares "
+                                   f"{declared} bytes but holds {info.file_size}")

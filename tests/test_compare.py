@@ -89,3 +89,30 @@ def test_an_entry_edited_by_hand_is_reported(tmp_path):
     with pytest.raises(XRBenchError, match="metric expl_end is .* in the entry but .* in its "
                                            "per-example file"):
         compare(edited, SEP_NEG)
+
+
+def test_a_per_example_file_declaring_huge_arrays_is_refused_before_reading(tmp_path):
+    """Issue 21 case 7: a small .examples.npz whose array header declares gigabytes (its
+    sha256 updated in the entry) is refused from its zip directory and headers."""
+    import hashlib
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (50_000, 50_000)})
+    bomb = tmp_path / "mat-s0.examples.npz"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manipulation/expl_end.npy", header.getvalue() + bytes(1000))
+    entry = json.loads(MAT.read_text())
+    entry["examples"]["sha256"] = hashlib.sha256(bomb.read_bytes()).hexdigest()
+    (tmp_path / "mat-s0.json").write_text(json.dumps(entry))
+    with pytest.raises(XRBenchError, match="declares 20000000000 bytes but holds"):
+        compare(tmp_path / "mat-s0.json", SEP_NEG)
+    # a file whose zip directory alone declares too much is refused on that
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manipulation/expl_end.npy", header.getvalue() + bytes(200_000_000))
+    entry["examples"]["sha256"] = hashlib.sha256(bomb.read_bytes()).hexdigest()
+    (tmp_path / "mat-s0.json").write_text(json.dumps(entry))
+    with pytest.raises(XRBenchError, match="beyond the"):
+        compare(tmp_path / "mat-s0.json", SEP_NEG)

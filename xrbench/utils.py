@@ -123,6 +123,11 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+#: the largest JSON file xrbench reads (entries are tens of KB; manifests and indexes of
+#: large image folders a few MB)
+MAX_JSON_BYTES = 256 * 2 ** 20
+
+
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read a JSON file; a missing, unreadable, non-UTF-8 or malformed file is an
     :class:`XRBenchError` naming it."""
@@ -138,12 +143,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
                            "JSON file?") from exc
     except OSError as exc:
         raise XRBenchError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(text) > MAX_JSON_BYTES:
+        raise XRBenchError(f"{path} holds {len(text)} characters, more than any xrbench JSON "
+                           f"file ({MAX_JSON_BYTES}); is it really one?")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise XRBenchError(
             f"malformed JSON in {path} (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from exc
+    except RecursionError:
+        raise XRBenchError(f"{path} nests its JSON too deeply to be an xrbench file") from None
 
 
 def read_json_object(path: str | os.PathLike[str], what: str = "JSON file") -> dict[str, Any]:
