@@ -33,11 +33,22 @@ GroupKey = TableKey
 group_key = table_key  # (dataset, model, explainer, profile, protocol version) of an entry
 
 
+#: markdown's link and image brackets (and the backslash), escaped with a backslash in a
+#: user-provided name: without an unescaped ``]`` neither ``[x](javascript:...)`` becomes a
+#: link nor ``![](http://...)`` an image a viewer fetches
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\[]"})
+
+
 def escape(text: Any) -> str:
     """A user-provided name made safe for one markdown table cell or heading line: ``&``,
     ``<`` and ``>`` as HTML entities (markdown viewers render inline HTML, so a defense called
-    ``<script>`` must stay text), pipes escaped, line breaks turned into spaces."""
-    return html.escape(" ".join(str(text).split()), quote=False).replace("|", "\\|")
+    ``<script>`` must stay text), pipes escaped, and in a text holding markdown's link or
+    image syntax (``](`` or ``]:``) its brackets backslash-escaped; line breaks become
+    spaces."""
+    flat = " ".join(str(text).split())
+    if "](" in flat or "]:" in flat:  # link or image syntax (inline, or a reference)
+        flat = flat.translate(_MD_SPECIAL)
+    return html.escape(flat, quote=False).replace("|", "\\|")
 
 
 def flags_text(entry: Mapping[str, Any], omit: Iterable[str] = ()) -> str:

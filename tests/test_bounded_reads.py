@@ -33,3 +33,14 @@ def test_the_leaderboard_skips_it_with_a_warning(tmp_path: Path, caplog) -> None
     with caplog.at_level(logging.WARNING):  # what `xrbench leaderboard` prints
         api.leaderboard(tmp_path)
     assert any("too deeply" in r.getMessage() for r in caplog.records)
+
+
+def test_markdown_never_renders_a_name_as_a_link_or_image() -> None:
+    """Issue 21 case 13: a defense named like a markdown link or image stays text."""
+    from xrbench.leaderboard.board import build_board
+    from xrbench.leaderboard.render import render_markdown
+
+    rows = [make_entry("[x](javascript:alert(1))"), make_entry("![](http://example.com/a.png)")]
+    md = render_markdown(build_board(rows))
+    assert "[x](javascript" not in md and "![](http" not in md
+    assert "\\[x\\](javascript:alert(1))" in md and "!\\[\\](http://example.com/a.png)" in md
