@@ -49,6 +49,10 @@ def _setup(root: Path) -> dict[str, Path]:
         f[name] = root / f"{name}.pt"
         torch.save(lenet.state_dict(), f[name])
         f[name].with_suffix(".json").write_bytes(sidecar)
+    nan_state = create_model("convnet", load_dataset("digits").card).state_dict()
+    next(v for v in nan_state.values() if v.is_floating_point()).fill_(float("nan"))
+    f["nan_weights"] = root / "nan.pt"
+    torch.save(nan_state, f["nan_weights"])
     f["dir_json"] = root / "entries_with_a_folder"
     (f["dir_json"] / "x.json").mkdir(parents=True)
     f["latin1_entry"] = root / "entries_latin1"
@@ -131,6 +135,8 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
                                     "0-100000000000", "--dry-run"], "at most 10000 seeds"),
     ("shards-0", lambda f: ["evaluate", "--shards", "0"], "--shards"),
     ("unknown-attack", lambda f: ["evaluate", "--attacks", "nosuch"], "unknown attack"),
+    ("checkpoint-nan-weights", lambda f: ["evaluate", "--checkpoint", str(f["nan_weights"])],
+     "NaN or infinite weights"),
     ("verify-missing-entry", lambda f: ["verify", "/nonexistent/e.json", "/nonexistent/s.npz",
                                         "--out", "x"], "not found"),
 ]

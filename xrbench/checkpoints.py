@@ -127,6 +127,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str],
         state = state["model"]
     if not isinstance(state, dict):
         raise XRBenchError(f"checkpoint {path} does not hold a state dict")
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise XRBenchError(f"checkpoint {path} holds NaN or infinite weights ({', '.join(bad[:3])}"
+                           f"{' ...' if len(bad) > 3 else ''}): a diverged training; nothing "
+                           "it scores would mean anything")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
