@@ -68,6 +68,15 @@ def _setup(root: Path) -> dict[str, Path]:
             (folder / split / cls).mkdir(parents=True)
             (folder / split / cls / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     f["imgs"] = folder
+    from PIL import Image
+
+    for name, per_class in (("if_empty", 0), ("if_small", 3)):
+        for split in ("train", "val"):
+            for cls, colour in (("a", (250, 0, 0)), ("b", (0, 250, 0))):
+                (root / name / split / cls).mkdir(parents=True)
+                for i in range(per_class):
+                    Image.new("RGB", (8, 8), colour).save(root / name / split / cls / f"{i}.png")
+        f[name] = root / name
     return f
 
 
@@ -135,6 +144,10 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
                                     "0-100000000000", "--dry-run"], "at most 10000 seeds"),
     ("shards-0", lambda f: ["evaluate", "--shards", "0"], "--shards"),
     ("unknown-attack", lambda f: ["evaluate", "--attacks", "nosuch"], "unknown attack"),
+    ("imagefolder-no-images", lambda f: ["evaluate", "--dataset", f"imagefolder:{f['if_empty']}"],
+     "Found no valid file"),
+    ("imagefolder-too-small", lambda f: ["evaluate", "--dataset", f"imagefolder:{f['if_small']}",
+                                         "--profile", "smoke"], "test split has 6 images"),
     ("checkpoint-nan-weights", lambda f: ["evaluate", "--checkpoint", str(f["nan_weights"])],
      "NaN or infinite weights"),
     ("verify-missing-entry", lambda f: ["verify", "/nonexistent/e.json", "/nonexistent/s.npz",

@@ -280,7 +280,12 @@ def _imagefolder(path: str, root: Path | None = None, size: int = 64) -> Dataset
         )
     for split in (base / "train", test_dir):
         check_folder_links(split)
-    tr, te = ImageFolder(str(base / "train")), ImageFolder(str(test_dir))
+    try:
+        tr, te = ImageFolder(str(base / "train")), ImageFolder(str(test_dir))
+    except FileNotFoundError as exc:  # no class folder, or a class folder without images
+        raise XRBenchError(f"imagefolder: {str(exc).rstrip('.')}. Each of train/ and "
+                           f"{test_dir.name}/ needs "
+                           "one folder of images per class") from None
     if tr.classes != te.classes:
         raise XRBenchError(f"imagefolder: {base}/train and {test_dir} have different classes")
     digest = imagefolder_digest(base, [tr, te], size)

@@ -82,10 +82,29 @@ def resolve(defense: str, model: str, explainer: str, device: str, dataset: str,
     expl = get_explainer(explainer)
     dev = resolve_device(device)
     ds = load_dataset(dataset, data_dir)
+    check_sizes(ds, prof)
     spec = ExtractorSpec(prof.extractor_epochs,
                          None if extractor_weights is None else os.fspath(extractor_weights))
     spec.check()  # a wrong --extractor-weights fails now, not after the training
     return expl, dev, ds, spec
+
+
+def check_sizes(ds: Any, prof: Profile) -> None:
+    """Refuse, before any training, a dataset too small for the protocol: the subset takes
+    ``profile.n_images`` test images from 10 k-means clusters (PROTOCOL 4), so the test split
+    needs at least that many, and training needs at least two images per class."""
+    from .protocol import CLUSTERS
+
+    n_test, n_train = len(ds.test), len(ds.train)
+    if n_test < prof.n_images:
+        raise XRBenchError(
+            f"dataset {ds.card.name}: its test split has {n_test} images; profile "
+            f"{prof.name!r} takes {prof.n_images} of them ({CLUSTERS} clusters x "
+            f"{prof.per_cluster}); add test images or use a smaller profile")
+    if n_train < 2 * ds.card.num_classes:
+        raise XRBenchError(
+            f"dataset {ds.card.name}: its train split has {n_train} images for "
+            f"{ds.card.num_classes} classes; training needs at least two per class")
 
 
 def subset_images(ds: Any, prof: Profile, dev: torch.device, spec: Any, *, progress: bool,
