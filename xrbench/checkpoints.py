@@ -11,6 +11,7 @@ Layout under ``<cache>/checkpoints/<dataset>/<model>/``::
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from torch import nn
 from .errors import XRBenchError
 from .utils import (atomic_write_bytes, cache_dir, hash_config, read_json_object, sha256_bytes,
                     sha256_file, write_json)
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -150,8 +153,14 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def save_partial(path: Path, payload: dict[str, Any]) -> None:
-    """Training state after a finished epoch (model, optimizer, RNG states, epoch)."""
-    atomic_write_bytes(partial_path(path), _to_bytes(payload))
+    """Training state after a finished epoch (model, optimizer, RNG states, epoch). A cache
+    that cannot take it (full disk, read-only) costs only the resume: a warning, and the
+    training goes on."""
+    try:
+        atomic_write_bytes(partial_path(path), _to_bytes(payload))
+    except OSError as exc:
+        log.warning("could not save the training state to %s (%s); training goes on, but an "
+                    "interruption now restarts it", partial_path(path), exc.strerror or exc)
 
 
 def load_partial(path: Path) -> dict[str, Any] | None:

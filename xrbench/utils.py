@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import json
 import os
 import tempfile
@@ -16,12 +18,19 @@ if TYPE_CHECKING:  # torch is imported where it is used: entries and files need 
 from .errors import XRBenchError
 
 
+log = logging.getLogger(__name__)
+
+
 def cache_dir() -> Path:
     """Root of xrbench's cache (checkpoints, stage results): ``$XRBENCH_CACHE`` or
     ``$XDG_CACHE_HOME/xrbench`` or ``~/.cache/xrbench``."""
     env = os.environ.get("XRBENCH_CACHE")
     if env:
-        return Path(env).expanduser()
+        path = Path(env).expanduser()
+        if path.exists() and not path.is_dir():
+            raise XRBenchError(f"XRBENCH_CACHE={env} is a file; point it at a folder (it is "
+                               "created if missing)")
+        return path
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "xrbench"
 
@@ -50,8 +59,16 @@ def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+b")
+    except OSError as exc:  # a read-only cache still serves what it holds: no lock then
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        log.info("no lock on %s (%s): going on without one", path, exc.strerror)
+        yield
+        return
+    with fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield

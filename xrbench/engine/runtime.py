@@ -135,7 +135,12 @@ class StageCache:
         torch.save(dict(value), buf)
         data = buf.getvalue()
         path = self.root / f"{self.name(stage, key)}.{sha256_bytes(data)}.pt"
-        atomic_write_bytes(path, data)
+        try:
+            atomic_write_bytes(path, data)
+        except OSError as exc:  # full disk, read-only cache: the run goes on uncached
+            log.warning("could not cache the %s stage's output in %s (%s); the run goes on, "
+                        "and an interrupted run would compute it again", stage, self.root,
+                        exc.strerror or exc)
         return path
 
 
