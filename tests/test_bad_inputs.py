@@ -148,6 +148,8 @@ CASES: list[tuple[str, Callable[[dict[str, Path]], list[str]], str]] = [
      "Found no valid file"),
     ("imagefolder-too-small", lambda f: ["evaluate", "--dataset", f"imagefolder:{f['if_small']}",
                                          "--profile", "smoke"], "test split has 6 images"),
+    ("extractor-weights-garbage", lambda f: ["evaluate", "--extractor-weights",
+                                             str(f["garbage"])], "cannot be read"),
     ("checkpoint-nan-weights", lambda f: ["evaluate", "--checkpoint", str(f["nan_weights"])],
      "NaN or infinite weights"),
     ("verify-missing-entry", lambda f: ["verify", "/nonexistent/e.json", "/nonexistent/s.npz",

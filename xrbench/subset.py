@@ -85,9 +85,11 @@ class ExtractorSpec:
         return sha256_file(path)
 
     def check(self) -> None:
-        """Fail early on a weights file that is not there (before any training)."""
+        """Fail early, before any training, on a weights file that is not there or is not a
+        torchvision ResNet18 state dict (it is loaded once, weights_only, to find out)."""
         if self.weights is not None:
             self.weights_sha256  # noqa: B018 - raises XRBenchError when missing
+            load_imagenet_extractor(self.weights, 3)
 
     def tag(self) -> str:
         """What the cached manifest's file name adds for this extractor ("" for the
