@@ -285,3 +285,31 @@ def test_an_entry_records_the_distribution_of_a_plugin_model_and_explainer(globa
     assert e["defense"]["source"] == "xrbench"
     # evaluation-only (captum) like the explainer it wraps: the attacks are n/a, not a failure
     assert set(e["not_applicable"]) == {"manipulation", "ensemble", "adv_insertion", "gallery"}
+
+
+def test_a_plugin_defense_whose_loss_raises_is_one_line_naming_it(plugin_path, monkeypatch,
+                                                                   tmp_path):
+    """Issue 23 item 2: docs' defense without ``import torch`` raised a bare NameError; a
+    plugin's failing loss ends in one line naming its distribution."""
+    from xrbench import api
+    from xrbench.registry import defenses
+
+    defenses.load_plugins()
+    monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))
+    monkeypatch.setattr(defenses, "_plugins_loaded", False)
+    (plugin_path / "xr_fake_plugin_noimport.py").write_text(textwrap.dedent('''
+        from xrbench.defenses.base import Defense, Recipe
+
+        class Noisy(Defense):
+            """noise augmentation that forgot to import torch (test plugin)"""
+            Recipe = Recipe
+            def loss(self, model, x, y):
+                return torch.randn(1)  # noqa: F821 - the bug under test
+    '''))
+    _fake_distribution(plugin_path, "xr-fake-plugin-noimport", "xrbench.defenses", "noisy",
+                       "xr_fake_plugin_noimport:Noisy")
+    with pytest.raises(XRBenchError, match="defense 'noisy' from the plugin distribution "
+                                           "'xr-fake-plugin-noimport' failed in its loss at "
+                                           "epoch 1: NameError: name 'torch' is not defined"):
+        api.train("digits", "convnet", "noisy", overrides={"epochs": "1"}, progress=False,
+                  cache_root=tmp_path / "cache", device="cpu")

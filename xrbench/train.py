@@ -119,9 +119,22 @@ def fit(model: nn.Module, defense: Any, split: ImageSplit, *, epochs: int, batch
             x, y = split.get_batch(idx)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             defense.state.epoch = epoch + step / steps
-            loss = defense.loss(model, x, y)
+            try:
+                loss = defense.loss(model, x, y)
+            except (XRBenchError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # a plugin's bug is one line naming the plugin
+                dist = _plugin_distribution(defense)
+                if dist is None:
+                    raise  # xrbench's own defense: a bug of ours, with its traceback
+                detail = " ".join(str(exc).split())[:300]
+                raise XRBenchError(
+                    f"defense {defense.name!r} from the plugin distribution {dist!r} failed in "
+                    f"its loss at epoch {epoch + 1}: {type(exc).__name__}: {detail}; fix the "
+                    f"plugin (or uninstall {dist})") from exc
             if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"training loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                raise NonFiniteLoss(f"training loss became {float(loss.detach())} at epoch "
+                                    f"{epoch + 1}, "
                                     f"step {step + 1}")
             opt.zero_grad(set_to_none=True)
             backward_to_parameters(loss, params)
@@ -187,6 +200,15 @@ def get_trained_model(dataset: Dataset, model_name: str = "convnet", defense_nam
         return _load_or_train(dataset, model_name, defense_cls, defense_name, recipe, key,
                               path, seed=seed, device=device, retrain=retrain,
                               progress=progress, beta=beta, label=label)
+
+
+def _plugin_distribution(defense: Any) -> str | None:
+    """The distribution of a plugin defense (None for a built-in or an unregistered one)."""
+    try:
+        entry = defenses.get_entry(type(defense).name)
+    except XRBenchError:
+        return None
+    return entry.distribution if entry.source.startswith("plugin ") else None
 
 
 def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_name: str,

@@ -50,7 +50,12 @@ def add_common_options(p: argparse.ArgumentParser, *,
                    help="override a recipe field, e.g. --set lambda_=-1000 (repeatable)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--data-dir", default=None,
-                   help="where datasets live (default: $XRBENCH_DATA or ~/.cache/xrbench/data)")
+                   help="where datasets live (default: $XRBENCH_DATA or ~/.cache/xrbench/data): "
+                        "MNIST-like idx files flat or as <root>/FashionMNIST/raw/, "
+                        "cifar-10-batches-py/ or cifar-100-python/ as torchvision unpacks them, "
+                        "tiny-imagenet-200/; fashion_mnist is also found in "
+                        "/usr/share/datasets/fashion-mnist (apt-get install "
+                        "dataset-fashion-mnist); imagefolder:PATH takes its own path")
     p.add_argument("--retrain", action="store_true",
                    help="train again even when a cached checkpoint exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

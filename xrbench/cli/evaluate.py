@@ -26,7 +26,8 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                    help="explainer used for scoring (default: grad_x_input); independent of "
                         "any explainer a defense trains with (--set explainer=...)")
     p.add_argument("--profile", default="quick", choices=list(PROFILES),
-                   help="protocol sizes (default: quick; paper = published leaderboards)")
+                   help="protocol sizes: quick (default; 50 images, the published digits table), "
+                        "paper (150 images, the papers' sizes), smoke (tests and CI)")
     p.add_argument("--out", default=None,
                    help="results folder (default: $XRBENCH_RESULTS or ~/.cache/xrbench/results)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
