@@ -191,6 +191,14 @@ def _str_key(key: TableKey) -> tuple[str, ...]:
     return tuple(map(str, key))
 
 
+def _newest_first(key: TableKey) -> tuple[Any, ...]:
+    """Tables of the newest protocol version first (superseded versions behind them), then
+    by dataset, model, explainer and profile."""
+    version = key[4]
+    newest = -version if isinstance(version, int) and not isinstance(version, bool) else 0
+    return (newest, *map(str, key[:4]))
+
+
 def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str = "all",
                 skipped: Sequence[Skipped] = (), inputs: Sequence[str] = (),
                 resamples: int = RESAMPLES, seed: int = SEED, sort_by: str = "expl_end"
@@ -223,7 +231,7 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
                 t.rows.append(Row(r.entry, r.file))
             if not hosts and reported_mode == "all":
                 own.setdefault((*k4, None), Table((*k4, None), [])).rows.append(r)
-    ordered = ([tables[k] for k in sorted(tables, key=_str_key)]
+    ordered = ([tables[k] for k in sorted(tables, key=_newest_first)]
                + [own[k] for k in sorted(own, key=_str_key)])
     duplicates: list[Duplicate] = []
     for t in ordered:

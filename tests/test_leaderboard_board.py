@@ -88,8 +88,9 @@ def test_reported_rows_join_every_protocol_version_and_stand_alone_elsewhere() -
     board = build_board([mnist("mat", 80.0, 3e-5, version=1), mnist("mat", 80.0, 3e-5)]
                         + _reported(), reported_mode="all")
     titles = [t.title for t in board.tables]
-    assert titles[:2] == ["mnist / convnet / grad_x_input / profile paper / protocol v1",
-                          "mnist / convnet / grad_x_input / profile paper / protocol v2"]
+    # the newest protocol version first (issue 23 item 6), superseded ones behind it
+    assert titles[:2] == ["mnist / convnet / grad_x_input / profile paper / protocol v2",
+                          "mnist / convnet / grad_x_input / profile paper / protocol v1"]
     assert all(len(t.rows) == 5 for t in board.tables[:2])  # 1 measured + 4 reported each
     rest = board.tables[2:]
     assert all(t.reported_only and t.key[4] is None for t in rest)
