@@ -237,3 +237,19 @@ def test_validity_with_one_image_per_cluster_does_not_apply():
     assert v["inter_cluster_le"] > 0
     v2 = validity_check(model, x, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
     assert isinstance(v2["intra_cluster_le"], float) and isinstance(v2["intra_smaller"], bool)
+
+
+def test_the_extractor_line_says_what_it_costs_and_what_avoids_it() -> None:
+    """Issue 23 item 3: before a long step, its cost on a CPU and the way around it."""
+    import torch
+
+    from xrbench.data import dataset_card
+    from xrbench.subset import EXTRACTOR_CPU_SECONDS, ExtractorSpec
+
+    line = ExtractorSpec(3, None).training_line(3, dataset_card("cifar10"), torch.device("cpu"))
+    minutes = round(EXTRACTOR_CPU_SECONDS * 50_000 * 32 * 32 * 3 / 60)
+    assert f"{minutes // 60} h {minutes % 60} min on a 2-core CPU" in line
+    assert "--extractor-weights" in line and "shipped manifest" in line
+    # on a GPU the CPU measurement says nothing
+    assert "CPU" not in ExtractorSpec(3, None).training_line(3, dataset_card("cifar10"),
+                                                              torch.device("cuda"))

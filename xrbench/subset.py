@@ -49,6 +49,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIDE = 224  # the input side torchvision's ImageNet ResNet18 was trained at
 
 
+#: seconds per (training image x pixel x epoch) of the extractor's training on the 2-core CPU
+#: development machine: 32 minutes for one epoch of Fashion-MNIST (60,000 images of 28 x 28),
+#: measured 2026-12-03 with other work on the machine (issue 19)
+EXTRACTOR_CPU_SECONDS = 32 * 60 / (60_000 * 28 * 28)
+
+
+def _duration(seconds: float) -> str:
+    """``95 s``, ``12 min``, ``1 h 36 min``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
 @dataclass(frozen=True)
 class ExtractorSpec:
     """Which extractor a manifest's features come from (PROTOCOL 4.1).
@@ -102,11 +116,19 @@ class ExtractorSpec:
         """``--set``-style recipe overrides of the trained extractor (None: reference)."""
         return None if self.epochs is None else {"epochs": str(self.epochs)}
 
-    def training_line(self, epochs: int) -> str:
-        """The log line of the extractor's training step."""
+    def training_line(self, epochs: int, card: Any = None, device: Any = None) -> str:
+        """The log line of the extractor's training step: what it is, what it costs on a CPU
+        (:data:`EXTRACTOR_CPU_SECONDS`, scaled to ``card``'s images and pixels) and what
+        avoids it."""
         which = "reference" if self.epochs is None else "short-recipe"
+        cost = ""
+        if card is not None and getattr(device, "type", "cpu") == "cpu" and card.train_size:
+            est = EXTRACTOR_CPU_SECONDS * card.train_size * card.size ** 2 * epochs
+            cost = (f"; about {_duration(est)} on a 2-core CPU (measured: 32 min per epoch of "
+                    "Fashion-MNIST's 60,000 images), avoided by --extractor-weights PATH "
+                    "(torchvision's ImageNet ResNet18) or a shipped manifest")
         return (f"training the subset's {which} extractor (ResNet18, normal, {epochs} "
-                f"epoch{'s' if epochs != 1 else ''}) - once per dataset, cached")
+                f"epoch{'s' if epochs != 1 else ''}) - once per dataset, cached{cost}")
 
 
 def manifest_name(dataset: str, per_cluster: int, tag: str = "") -> str:
@@ -320,7 +342,7 @@ def get_extractor(dataset: Dataset, spec: ExtractorSpec, device: torch.device, *
     key, recipe = checkpoint_key(dataset.card, EXTRACTOR["model"], EXTRACTOR["defense"],
                                  spec.overrides(), EXTRACTOR["seed"])
     if not key.path(cache_root).is_file():
-        log.info("%s", spec.training_line(recipe.epochs))
+        log.info("%s", spec.training_line(recipe.epochs, dataset.card, device))
     ref = get_trained_model(dataset, EXTRACTOR["model"], EXTRACTOR["defense"],
                             overrides=spec.overrides(), seed=EXTRACTOR["seed"], device=device,
                             progress=progress, cache_root=cache_root, label="subset extractor")
