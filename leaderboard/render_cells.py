@@ -7,6 +7,7 @@ is not the reference one, a table's heading line (pure functions; nothing read f
 from __future__ import annotations
 
 import html
+import re
 from typing import Any, Iterable, Mapping
 
 from xrbench.columns import Column, board_columns, format_value
@@ -46,7 +47,7 @@ def escape(text: Any) -> str:
     image syntax (``](`` or ``]:``) its brackets backslash-escaped; line breaks become
     spaces."""
     flat = " ".join(str(text).split())
-    if "](" in flat or "]:" in flat:  # link or image syntax (inline, or a reference)
+    if "](" in flat or re.match(r"\s*!?\[[^\]]*\]:", flat):  # a link, image or reference
         flat = flat.translate(_MD_SPECIAL)
     return html.escape(flat, quote=False).replace("|", "\\|")
 
