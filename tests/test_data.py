@@ -724,3 +724,14 @@ def test_imagefolder_reads_16_bit_images_at_their_depth(tmp_path: Path) -> None:
     ds = load_dataset(f"imagefolder:{base}")
     x, _ = ds.test.get_batch(torch.tensor([0]))  # val/cat/0.png is the first image
     assert torch.allclose(x, torch.full_like(x, 16 / 255), atol=1e-6)
+
+
+def test_imagefolder_decompression_bomb_is_one_error(tmp_path: Path, monkeypatch) -> None:
+    """Issue 21 case 8: an image past PIL's decompression-bomb limit is an error naming the
+    file, not a traceback (the limit lowered here so that a small image trips it)."""
+    base = tmp_path / "imgs"
+    _image_tree(base)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 x 30 = 1200 > 2 x 100
+    ds = load_dataset(f"imagefolder:{base}")
+    with pytest.raises(XRBenchError, match="cannot read image .*DecompressionBombError"):
+        ds.test.get_batch(torch.tensor([0]))
