@@ -98,7 +98,7 @@ PROFILES: dict[str, Profile] = {
                      pgd_max_images=200, rps_draws=4, adv_insertion_iterations=10,
                      relex_iterations=10, relex_samples=8, landscape_pairs=20,
                      landscape_points=5, bootstrap_resamples=200, train_epochs=3,
-                     extractor_epochs=1),
+                     extractor_epochs=1, ensemble_per_cluster=1),
 }
 
 
