@@ -64,7 +64,7 @@ def _cache_without(cache: Path, dest: Path, *stages: str) -> Path:
 
 
 def _regress(capsys, *argv: str) -> tuple[int, str]:
-    code = main(["regress", *argv])
+    code = main(["regress", "--show", "all", *argv])  # every row: the tests read ok rows too
     return code, capsys.readouterr().out
 
 

@@ -16,7 +16,6 @@ import torch
 
 from xrbench import api
 from xrbench.attacks import ensemble as ens
-from xrbench.attacks.manipulation import ordered_pairs
 from xrbench.cli.app import main
 from xrbench.explainers import get_explainer
 from xrbench.leaderboard.examples import read_examples
@@ -41,7 +40,7 @@ def _submission(entry_path: Path, out: Path) -> np.ndarray:
 
     entry = read_entry(entry_path)
     net, images = _model_and_images(entry, entry_path, None, torch.device("cpu"), None, None)
-    pairs = ordered_pairs(images.shape[0])
+    pairs = torch.from_numpy(read_examples(entry_path, entry)["ensemble/pairs"])
     budget = ens.Budget(iterations=60, lr=5e-3, eps_pgd=0.3, seed=1)
     x_adv = ens.signed(net, get_explainer(entry["explainer"]["name"]), images[pairs[:, 0]],
                        images[pairs[:, 1]], pairs=pairs, budget=budget).x_adv.numpy()
@@ -80,7 +79,7 @@ def _write(path: Path, **arrays: np.ndarray) -> Path:
 
 def test_verify_refuses_bad_submissions(scored: Path, tmp_path: Path, capsys) -> None:
     entry = read_entry(scored)
-    p, c, s = entry["subset"]["n_pairs"], 1, 8
+    p, c, s = len(read_examples(scored, entry)["ensemble/pairs"]), 1, 8
     good = np.full((p, c, s, s), 0.5, dtype=np.float32)
     nan = good.copy()
     nan[3, 0, 2, 2] = np.nan

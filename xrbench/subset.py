@@ -56,7 +56,9 @@ EXTRACTOR_CPU_SECONDS = 32 * 60 / (60_000 * 28 * 28)
 
 
 def _duration(seconds: float) -> str:
-    """``95 s``, ``12 min``, ``1 h 36 min``."""
+    """``under a minute``, ``95 s``, ``12 min``, ``1 h 36 min``."""
+    if seconds < 60:
+        return "under a minute"
     if seconds < 120:
         return f"{seconds:.0f} s"
     minutes = round(seconds / 60)
@@ -124,7 +126,7 @@ class ExtractorSpec:
         cost = ""
         if card is not None and getattr(device, "type", "cpu") == "cpu" and card.train_size:
             est = EXTRACTOR_CPU_SECONDS * card.train_size * card.size ** 2 * epochs
-            cost = (f"; about {_duration(est)} on a 2-core CPU (measured: 32 min per epoch of "
+            cost = (f"; {'about ' if est >= 60 else ''}{_duration(est)} on a 2-core CPU (measured: 32 min per epoch of "
                     "Fashion-MNIST's 60,000 images), avoided by --extractor-weights PATH "
                     "(torchvision's ImageNet ResNet18) or a shipped manifest")
         return (f"training the subset's {which} extractor (ResNet18, normal, {epochs} "

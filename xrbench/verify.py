@@ -2,8 +2,9 @@
 
 An attack run elsewhere is submitted as the manipulated images it found, one per pair of a
 published entry, in an ``.npz`` file holding one array ``x_adv`` (P, C, H, W), pixels in
-[0, 1], rows in the order of the entry's pairs (victim-major ordered pairs of the subset,
-``xrbench.attacks.manipulation.ordered_pairs``). xrbench checks it on that entry's own
+[0, 1], one row per pair the entry's ensemble ran on, in the order its examples file lists
+them (``ensemble/pairs``: (victim, target) indices into the subset; every ordered pair at
+``quick``, a fixed subset at ``paper`` and ``smoke``). xrbench checks it on that entry's own
 checkpoint (an external evaluation in RobustBench's sense): it recomputes ``L_e`` and the
 predicted class of every x' (:func:`xrbench.attacks.ensemble.judge`), keeps per pair the lower
 of the entry's best-known worst case and the submission's L_e where the submission keeps the
@@ -86,7 +87,8 @@ def read_submission(path: str | os.PathLike[str], shape: tuple[int, ...]) -> np.
             if tuple(got_shape) != tuple(shape):
                 raise XRBenchError(f"submission {path}: x_adv has shape {tuple(got_shape)}, "
                                    f"the entry's pairs need {tuple(shape)} (one image per "
-                                   "pair, in the order of ordered_pairs)")
+                                   "pair of ensemble/pairs in its examples file, in that "
+                                   "order)")
             data = f.read(want * dtype.itemsize + 1)
     if len(data) != want * dtype.itemsize:
         raise XRBenchError(f"submission {path}: x_adv holds {len(data)} bytes, not the "
@@ -111,7 +113,6 @@ def verify(entry_path: str | os.PathLike[str], submission: str | os.PathLike[str
     ``replace`` and no ``out``. ``checkpoint``: the entry's weights, by default
     ``<defense>-s<seed>.pt`` beside it; its sha256 must be the entry's."""
     from .attacks.ensemble import judge
-    from .attacks.manipulation import ordered_pairs
     from .chunking import chunk_slices
     from .engine.runtime import metric
     from .explainers import get_explainer
@@ -132,7 +133,13 @@ def verify(entry_path: str | os.PathLike[str], submission: str | os.PathLike[str
     if prev_key not in arrays:
         raise XRBenchError(f"{entry_path} has no worst-case ensemble (PROTOCOL 5.8); score it "
                            "with this xrbench first (xrbench evaluate ... --replace)")
-    n_images, n_pairs = int(entry["subset"]["n_images"]), int(entry["subset"]["n_pairs"])
+    # the ensemble's pairs: every pair of the manipulation, or the profile's fixed subset
+    # (paper, smoke), in the order its examples file lists them
+    pairs = torch.from_numpy(np.asarray(arrays.get("ensemble/pairs"), dtype=np.int64))
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise XRBenchError(f"{entry_path}: its examples file lists no ensemble pairs; re-score "
+                           "it with this xrbench (xrbench evaluate ... --replace)")
+    n_pairs = int(pairs.shape[0])
     ds_info = entry["dataset"]
     shape = (n_pairs, int(ds_info["channels"]), int(ds_info["size"]), int(ds_info["size"]))
     x_adv = torch.from_numpy(read_submission(submission, shape))  # refuse before any work
@@ -141,7 +148,6 @@ def verify(entry_path: str | os.PathLike[str], submission: str | os.PathLike[str
     dev = resolve_device(device)
     net, images = _model_and_images(entry, entry_path, checkpoint, dev, data_dir, cache_root)
     explainer = get_explainer(entry["explainer"]["name"])
-    pairs = ordered_pairs(n_images)
     prof = get_profile(entry["protocol"]["profile"])
     expl = torch.empty(n_pairs, dtype=torch.float64)
     kept = torch.empty(n_pairs, dtype=torch.bool)

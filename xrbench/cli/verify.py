@@ -19,8 +19,9 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                     "and its sha256: per pair the lower of the entry's worst case and the "
                     "submission's L_e where it keeps the victim's class. SUBMISSION is an "
                     ".npz holding one array x_adv of shape (pairs, C, H, W), pixels in [0, 1], "
-                    "rows in the order of the entry's pairs (victim-major ordered pairs of "
-                    "its subset); read without pickle, its size checked before reading.")
+                    "one row per pair of the entry's ensemble (ensemble/pairs in its examples "
+                    "file, in that order); read without pickle, its size checked before "
+                    "reading.")
     p.add_argument("entry", metavar="ENTRY", help="the entry JSON (with its examples file)")
     p.add_argument("submission", metavar="SUBMISSION", help=".npz file with x_adv")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
