@@ -117,6 +117,18 @@ def table_notes(table: Table) -> list[str]:
             f"more than {100 * _tolerance(measured):g}% over the second half of its iterations "
             "(column Loss fall 2nd half); Expl@end is the value at the protocol's fixed "
             "attack budget.")
+    torches = sorted({str(t) for e in measured
+                      if (t := get_field(e, "environment", "torch")) is not None})
+    if torches:  # training differs across torch versions (issue 23 item 1)
+        paths = [r.path for r in table.rows if not r.reported]
+        shipped = bool(paths) and all(
+            p is not None and p.name.endswith(".json")
+            and p.with_name(p.name[:-len(".json")] + ".pt").is_file() for p in paths)
+        notes.append(f"Measured with torch {', '.join(torches)}." + (
+            " Each row's checkpoint lies beside its entry: scoring it (evaluate --checkpoint) "
+            "reproduces the row to float noise under any torch; retraining under another torch "
+            "gives other weights, judged by xrbench regress --mode training." if shipped
+            else ""))
     notes.extend(_not_applicable_notes(measured))
     notes.extend(_marks(table)[1])
     sources: dict[str, dict[str, None]] = {}
