@@ -180,7 +180,7 @@ def test_short_extractor_is_recorded_cached_apart_and_logged(tmp_path, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "xrbench.subset"]
     assert len(lines) == 1 and lines[0].startswith(
         "training the subset's short-recipe extractor (ResNet18, normal, 1 epoch) - once per "
-        "dataset, cached; under a minute on a 2-core CPU")
+        "dataset, cached; about 0 s on a 2-core CPU")
     ext = short["extractor"]
     assert ext["kind"] == "trained" and ext["reference"] is False
     assert ext["recipe"] == {"epochs": 1, "batch_size": 64, "lr": 1e-3}
@@ -248,8 +248,8 @@ def test_the_extractor_line_says_what_it_costs_and_what_avoids_it() -> None:
     from xrbench.subset import EXTRACTOR_CPU_SECONDS, ExtractorSpec
 
     line = ExtractorSpec(3, None).training_line(3, dataset_card("cifar10"), torch.device("cpu"))
-    minutes = round(EXTRACTOR_CPU_SECONDS * 50_000 * 32 * 32 * 3 / 60)
-    assert f"{minutes // 60} h {minutes % 60} min on a 2-core CPU" in line
+    hours = EXTRACTOR_CPU_SECONDS * 50_000 * 32 * 32 * 3 / 3600
+    assert f"about {hours:.1f} h on a 2-core CPU" in line
     assert "--extractor-weights" in line and "shipped manifest" in line
     # on a GPU the CPU measurement says nothing
     assert "CPU" not in ExtractorSpec(3, None).training_line(3, dataset_card("cifar10"),

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import XRBenchError
 from .protocol import PROTOCOL_VERSION
-from .utils import cache_dir, read_json_object, sha256_file, write_json
+from .utils import cache_dir, duration_text, read_json_object, sha256_file, write_json
 
 if TYPE_CHECKING:
     from .data import DatasetCard
@@ -152,7 +152,7 @@ def missing_calibration(defense: str, card: DatasetCard, model: str) -> XRBenchE
     runs = f"{len(GRID) + 1} trainings of {SHORT_EPOCHS} epochs"
     est = estimate_seconds(card, model)
     if est is not None:
-        cost = (f"{runs}, roughly {_duration(est)} on a 2-core CPU for a convnet-sized model "
+        cost = (f"{runs}, roughly {duration_text(est)} on a 2-core CPU for a convnet-sized model "
                 "(scaled from the digits calibration; larger models cost more)")
     else:
         cost = runs
@@ -176,14 +176,6 @@ def _paper_datasets() -> list[str]:
     from .defenses.sep import SEP_LAMBDA
 
     return list(SEP_LAMBDA)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _score(model: Any, ds: Any, device: Any, seed: int) -> dict[str, float]:

@@ -38,7 +38,8 @@ from .data import Dataset
 from .errors import XRBenchError
 from .explainers import expl_loss, get_explainer, sum_map
 from .protocol import CLUSTERS, PROTOCOL_VERSION
-from .utils import cache_dir, canonical_json, read_json, sha256_bytes, write_json
+from .utils import (cache_dir, canonical_json, duration_text, read_json, sha256_bytes,
+                    write_json)
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,6 @@ IMAGENET_SIDE = 224  # the input side torchvision's ImageNet ResNet18 was traine
 #: development machine: 32 minutes for one epoch of Fashion-MNIST (60,000 images of 28 x 28),
 #: measured 2026-12-03 with other work on the machine (issue 19)
 EXTRACTOR_CPU_SECONDS = 32 * 60 / (60_000 * 28 * 28)
-
-
-def _duration(seconds: float) -> str:
-    """``under a minute``, ``95 s``, ``12 min``, ``1 h 36 min``."""
-    if seconds < 60:
-        return "under a minute"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,7 @@ class ExtractorSpec:
         cost = ""
         if card is not None and getattr(device, "type", "cpu") == "cpu" and card.train_size:
             est = EXTRACTOR_CPU_SECONDS * card.train_size * card.size ** 2 * epochs
-            cost = (f"; {'about ' if est >= 60 else ''}{_duration(est)} on a 2-core CPU (measured: 32 min per epoch of "
+            cost = (f"; about {duration_text(est)} on a 2-core CPU (measured: 32 min per epoch of "
                     "Fashion-MNIST's 60,000 images), avoided by --extractor-weights PATH "
                     "(torchvision's ImageNet ResNet18) or a shipped manifest")
         return (f"training the subset's {which} extractor (ResNet18, normal, {epochs} "

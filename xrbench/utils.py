@@ -35,6 +35,15 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "xrbench"
 
 
+def duration_text(seconds: float) -> str:
+    """A rough duration for a message: ``45 s``, ``12 min``, ``1.6 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def data_dir(override: str | os.PathLike[str] | None = None) -> Path:
     """Where datasets live: ``override`` (``--data-dir``), else ``$XRBENCH_DATA``, else
     ``<cache_dir>/data``."""
