@@ -130,6 +130,9 @@ class Board:
     skipped: list[Skipped] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     reported_mode: str = "all"
+    #: keys of the tables left out because a newer protocol version is on the board
+    #: (:func:`build_board`'s ``superseded=False``), newest first
+    superseded: list[TableKey] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -201,12 +204,15 @@ def _newest_first(key: TableKey) -> tuple[Any, ...]:
 
 def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str = "all",
                 skipped: Sequence[Skipped] = (), inputs: Sequence[str] = (),
-                resamples: int = RESAMPLES, seed: int = SEED, sort_by: str = "expl_end"
-                ) -> Board:
+                resamples: int = RESAMPLES, seed: int = SEED, sort_by: str = "expl_end",
+                superseded: bool = True) -> Board:
     """Group ``rows`` (entries or :class:`Row`) into tables, find duplicates and compute each
     table's correlations (module docstring). ``reported_mode``: ``all`` (reported rows
     beside measured ones and in tables of their own), ``beside`` (only beside measured
-    rows), ``none`` (left out). Pure: reads nothing from disk."""
+    rows), ``none`` (left out). ``superseded=False`` leaves out the measured tables of a
+    protocol version older than the newest one on the board (their keys go to
+    :attr:`Board.superseded`): their numbers measure what an older protocol measured.
+    Pure: reads nothing from disk."""
     if reported_mode not in REPORTED_MODES:
         raise ValueError(f"reported_mode must be one of {REPORTED_MODES}, got {reported_mode!r}")
     all_rows = [r if isinstance(r, Row) else Row(r) for r in rows]
@@ -222,6 +228,11 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
         else:
             measured.setdefault(table_key(r.entry), []).append(r)
     tables = {k: Table(k, list(v)) for k, v in measured.items()}
+    hidden: list[TableKey] = []
+    if not superseded:
+        hidden = sorted((k for k in tables if is_superseded(k, tables)), key=_newest_first)
+        for k in hidden:
+            del tables[k]
     own: dict[TableKey, Table] = {}
     if reported_mode != "none":
         for r in reported:
@@ -256,7 +267,20 @@ def build_board(rows: Iterable[Row | Mapping[str, Any]], *, reported_mode: str =
                     [str(m.file) for m in members]))
         t.rps_eps = rps_eps_for([r.entry for r in t.rows])
         t.correlations = _correlations(t, resamples=resamples, seed=seed)
-    return Board(ordered, duplicates, list(skipped), list(inputs), reported_mode)
+    return Board(ordered, duplicates, list(skipped), list(inputs), reported_mode, hidden)
+
+
+def _version(key: TableKey) -> int | None:
+    v = key[4]
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def is_superseded(key: TableKey, keys: Iterable[TableKey]) -> bool:
+    """True if ``key``'s protocol version is older than the newest version among ``keys``
+    (the measured tables of one board): a table of protocol v2 beside v3 tables."""
+    mine = _version(key)
+    newest = max((v for v in map(_version, keys) if v is not None), default=None)
+    return mine is not None and newest is not None and mine < newest
 
 
 def _correlations(table: Table, *, resamples: int, seed: int) -> list[CorrelationSet]:
@@ -283,12 +307,14 @@ def _display(path: Path, root: Path, label: str | None) -> str:
 
 def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
                reported_mode: str | None = None, resamples: int = RESAMPLES,
-               seed: int = SEED, sort_by: str = "expl_end") -> Board:
+               seed: int = SEED, sort_by: str = "expl_end", superseded: bool = True
+               ) -> Board:
     """Read the entries below each folder of ``results`` (default: the published entries
     shipped with xrbench) leniently (:func:`~xrbench.leaderboard.schema.scan_entries`: a bad
     file is skipped with a warning and listed in :attr:`Board.skipped`), add the shipped
     reported entries, and :func:`build_board`. ``reported_mode`` defaults to ``all`` for
-    the published entries and ``beside`` for folders of your own."""
+    the published entries and ``beside`` for folders of your own; ``superseded=False``
+    leaves out tables of older protocol versions (:attr:`Board.superseded`)."""
     from .schema import reported_dir, scan_entries
 
     published = results is None or len(results) == 0
@@ -317,7 +343,7 @@ def load_board(results: Sequence[str | os.PathLike[str]] | None = None, *,
                     for x in scan.skipped]
     inputs = ["published" if label else str(root) for root, label in roots]
     return build_board(rows, reported_mode=mode, skipped=skipped, inputs=inputs,
-                       resamples=resamples, seed=seed, sort_by=sort_by)
+                       resamples=resamples, seed=seed, sort_by=sort_by, superseded=superseded)
 
 
 def published_dir() -> Path:

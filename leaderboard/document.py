@@ -97,6 +97,8 @@ def board_document(board: Board) -> dict[str, Any]:
                         "seed": d.seed if isinstance(d.seed, int) else None,
                         "files": list(d.files)} for d in board.duplicates],
         "skipped": [{"file": str(s.path), "reason": s.reason} for s in board.skipped],
+        "superseded": [dict(zip(("dataset", "model", "explainer", "profile",
+                                 "protocol_version"), k)) for k in board.superseded],
     }
 
 

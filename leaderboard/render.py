@@ -213,6 +213,7 @@ def render_intervals(entries: Iterable[Mapping[str, Any]] | Board) -> str:
                  "rows sorted by Expl@end ascending")
         blocks.append("\n\n".join([f"{heading(t.key)}\n\n{table}\n\nValue [95% bootstrap "
                                    f"interval]; {order}.", *correlation_blocks(t)]))
+    blocks += [f"_{superseded_note(board)}_"] if board.superseded else []
     return "\n\n".join(blocks) + "\n"
 
 
@@ -233,4 +234,15 @@ def render_markdown(entries: Iterable[Mapping[str, Any]] | Board, *,
     if not board.tables:
         return "_No entries._\n"
     blocks = [f"{heading(t.key)}\n\n{render_table(t)}" for t in board.tables]
+    blocks += [f"_{superseded_note(board)}_"] if board.superseded else []
     return "\n\n".join(blocks) + "\n"
+
+
+def superseded_note(board: Board) -> str:
+    """One sentence naming the tables of older protocol versions a board left out, and the
+    flag that shows them (plain text; renderers escape it)."""
+    versions = sorted({k[4] for k in board.superseded}, reverse=True)
+    n = len(board.superseded)
+    return (f"Not shown: {n} table{'s' if n != 1 else ''} of superseded protocol version"
+            f"{'s' if len(versions) != 1 else ''} ({', '.join(f'v{v}' for v in versions)}); "
+            "`xrbench leaderboard --superseded` shows them.")

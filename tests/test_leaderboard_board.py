@@ -84,6 +84,45 @@ def test_reported_rows_sit_beside_measured_rows_of_the_same_key() -> None:
     assert _row(iv, "sep_pos")[3:5] == ["99.10 [98.50, 99.60]", "79.00 [78.00, 80.00]"]
 
 
+def test_superseded_protocol_versions_are_left_out_with_a_note_naming_them(tmp_path,
+                                                                          capsys) -> None:
+    """Issue 23 item 6: the terminal leaderboard starts with the newest protocol's table;
+    older versions' tables sit behind --superseded, and a closing note says so."""
+    entries = [mnist("mat", 80.0, 3e-5, version=1), mnist("normal", 0.0, 2e-5, version=2),
+               mnist("mat", 80.0, 3e-5, version=3)]
+    entries[1]["dataset"]["name"] = "digits"  # another table, still an older version
+    board = build_board(entries, reported_mode="none", superseded=False)
+    assert [t.key[4] for t in board.tables] == [3]
+    assert [(k[0], k[4]) for k in board.superseded] == [("digits", 2), ("mnist", 1)]
+    md = render_markdown(board)
+    assert md.rstrip().splitlines()[-1] == (
+        "_Not shown: 2 tables of superseded protocol versions (v2, v1); "
+        "`xrbench leaderboard --superseded` shows them._")
+    doc = board_document(board)
+    jsonschema.validate(doc, load_document_schema())
+    assert [k["protocol_version"] for k in doc["superseded"]] == [2, 1]
+    # one version only: nothing is superseded, and nothing is said
+    alone = build_board(entries[:1], reported_mode="none", superseded=False)
+    assert len(alone.tables) == 1 and not alone.superseded
+    assert "Not shown" not in render_markdown(alone)
+    # the command: left out by default, shown with the flag
+    folder = tmp_path / "results"
+    for i, e in enumerate(entries):
+        f = folder / f"{i}.json"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps(e))
+    assert main(["leaderboard", "--results", str(folder), "--reported", "none"]) == 0
+    out = capsys.readouterr().out
+    assert [ln for ln in out.splitlines() if ln.startswith("### ")] == [
+        "### mnist / convnet / grad_x_input / profile paper / protocol v3"]
+    assert "--superseded` shows them" in out
+    assert main(["leaderboard", "--results", str(folder), "--reported", "none",
+                 "--superseded"]) == 0
+    out = capsys.readouterr().out
+    assert sum(ln.startswith("### ") for ln in out.splitlines()) == 3
+    assert "Not shown" not in out
+
+
 def test_reported_rows_join_every_protocol_version_and_stand_alone_elsewhere() -> None:
     board = build_board([mnist("mat", 80.0, 3e-5, version=1), mnist("mat", 80.0, 3e-5)]
                         + _reported(), reported_mode="all")

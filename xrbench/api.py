@@ -288,7 +288,7 @@ def calibrate(defense: str, dataset: str = "digits", model: str = "convnet",
 def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
                 | tuple[str | os.PathLike[str], ...] | None = None, *, format: str = "md",
                 intervals: bool = False, reported: str | None = None,
-                sort: str = "expl_end") -> Any:
+                sort: str = "expl_end", superseded: bool = False) -> Any:
     """The leaderboard of every entry below ``results`` (a folder or a list of folders;
     default: the published entries shipped with the package), rendered as ``format``:
     ``md`` (markdown tables, notes and correlation lines), ``json`` (one document valid
@@ -302,7 +302,9 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
     ``all`` (beside measured rows of the same dataset, model and explainer, any profile, and in
     tables of their own; the default without ``results``), ``beside`` (the default with
     ``results``) or ``none``. ``sort``: the metric each table's rows are ordered by,
-    ``expl_end`` or ``expl_end_worst`` (PROTOCOL 5.8). No table at all is an
+    ``expl_end`` or ``expl_end_worst`` (PROTOCOL 5.8). ``superseded``: also show the tables
+    of protocol versions older than the newest one among the entries (left out by default,
+    and named in one closing note). No table at all is an
     :class:`XRBenchError` naming the skipped files."""
     from .leaderboard.board import load_board, warn_about
     from .leaderboard.document import Rendered, render_board
@@ -319,7 +321,7 @@ def leaderboard(results: str | os.PathLike[str] | list[str | os.PathLike[str]]
         dirs = list(results)
     if sort not in ("expl_end", "expl_end_worst"):
         raise XRBenchError(f"--sort must be expl_end or expl_end_worst, got {sort!r}")
-    board = load_board(dirs, reported_mode=reported, sort_by=sort)
+    board = load_board(dirs, reported_mode=reported, sort_by=sort, superseded=superseded)
     if not board.tables:
         where = "the published entries" if dirs is None else ", ".join(map(str, dirs))
         why = "".join(f"; skipped {s.path}: {s.reason}" for s in board.skipped[:5])

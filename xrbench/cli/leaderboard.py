@@ -16,7 +16,8 @@ def add_commands(sub: Any) -> dict[str, Handler]:
     p = sub.add_parser(
         "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
         description="One table per (dataset, model, explainer, profile, protocol version), "
-                    "rows sorted by Expl@end (or --sort); under each, the correlation of PGD "
+                    "rows sorted by Expl@end (or --sort), the newest protocol version's tables first "
+                    "(older versions' tables only with --superseded); under each, the correlation of PGD "
                     "accuracy with each explanation metric (Spearman and Kendall, 95% "
                     "bootstrap interval over the table's rows; a sentence instead below 4 "
                     "rows). Numbers copied "                    "from the SEP paper's Tables 2 and 15 and Joo et al. 2023's Table 1 ship as "
@@ -53,6 +54,10 @@ def add_commands(sub: Any) -> dict[str, Handler]:
                    help="the metric each table's rows are ordered by: Expl@end (default) or "
                         "Expl@end (worst), the worst case over the attack ensemble of "
                         "PROTOCOL 5.8; reported rows follow the measured ones")
+    p.add_argument("--superseded", action="store_true",
+                   help="also show the tables of protocol versions older than the newest one "
+                        "among the entries (by default they are left out, with a closing note "
+                        "naming them: their numbers measure what an older protocol measured)")
     return {"leaderboard": _cmd_leaderboard}
 
 
@@ -86,7 +91,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         if out.exists() and not args.force:
             raise XRBenchError(f"{out} exists; pass --force to overwrite it")
     rendered = api.leaderboard(args.results, format=fmt, intervals=args.ci,
-                               reported=args.reported, sort=args.sort)
+                               reported=args.reported, sort=args.sort,
+                               superseded=args.superseded)
     if out is not None:
         try:
             atomic_write_text(out, rendered.text)
