@@ -16,15 +16,16 @@ def add_commands(sub: Any) -> dict[str, Handler]:
     p = sub.add_parser(
         "leaderboard", help="leaderboard tables (markdown, JSON or HTML) with correlations",
         description="One table per (dataset, model, explainer, profile, protocol version), "
-                    "rows sorted by Expl@end (or --sort), the newest protocol version's tables first "
-                    "(older versions' tables only with --superseded); under each, the correlation of PGD "
-                    "accuracy with each explanation metric (Spearman and Kendall, 95% "
-                    "bootstrap interval over the table's rows; a sentence instead below 4 "
-                    "rows). Numbers copied "                    "from the SEP paper's Tables 2 and 15 and Joo et al. 2023's Table 1 ship as "
-                    "'reported' rows, labelled as such, beside measured rows of the same "
-                    "dataset, model and explainer (any profile). A file that is not a valid entry "
-                    "is skipped with a warning naming it; two rows with the same source, "
-                    "defense and seed are both shown, marked, and warned about.")
+                    "rows sorted by Expl@end (or --sort), the newest protocol version's "
+                    "tables first (older versions' tables only with --superseded); under "
+                    "each, the correlation of PGD accuracy with each explanation metric "
+                    "(Spearman and Kendall, 95% bootstrap interval over the table's rows; a "
+                    "sentence instead below 4 rows). Numbers copied from the SEP paper's "
+                    "Tables 2 and 15 and Joo et al. 2023's Table 1 ship as 'reported' rows, "
+                    "labelled as such, beside measured rows of the same dataset, model and "
+                    "explainer (any profile). A file that is not a valid entry is skipped "
+                    "with a warning naming it; two rows with the same source, defense and "
+                    "seed are both shown, marked, and warned about.")
     p.add_argument("--results", action="append", default=None, metavar="DIR",
                    help="folder of JSON entries, searched recursively; repeat for several "
                         "(default: the published entries shipped with xrbench)")
