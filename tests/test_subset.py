@@ -178,9 +178,14 @@ def test_short_extractor_is_recorded_cached_apart_and_logged(tmp_path, caplog):
         short, where = get_manifest(ds, 2, cpu, extractor=ExtractorSpec(epochs=1),
                                     progress=False, cache_root=tmp_path)
     lines = [r.getMessage() for r in caplog.records if r.name == "xrbench.subset"]
-    assert len(lines) == 1 and lines[0].startswith(
+    assert len(lines) == 3 and lines[0].startswith(
         "training the subset's short-recipe extractor (ResNet18, normal, 1 epoch) - once per "
         "dataset, cached; about 0 s on a 2-core CPU")
+    # the selection itself says what it does before, and what it took after (issue 23 item 3)
+    assert lines[1].startswith(f"building the tiny-subset-test subset (PROTOCOL 4): the "
+                               f"extractor's features of the {len(ds.test)} test images, "
+                               "k-means into 10 clusters (10 restarts), the 2 images nearest")
+    assert lines[2].startswith("subset built in ") and ": 20 images, manifest " in lines[2]
     ext = short["extractor"]
     assert ext["kind"] == "trained" and ext["reference"] is False
     assert ext["recipe"] == {"epochs": 1, "batch_size": 64, "lr": 1e-3}
@@ -190,7 +195,12 @@ def test_short_extractor_is_recorded_cached_apart_and_logged(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="xrbench.subset"):
         rebuilt, _ = get_manifest(ds, 2, cpu, extractor=ExtractorSpec(epochs=1), rebuild=True,
                                   progress=False, cache_root=tmp_path)
-    assert rebuilt == short and not [r for r in caplog.records if r.name == "xrbench.subset"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "xrbench.subset"]
+    assert rebuilt == short and len(lines) == 2  # no training line: the selection only
+    assert lines[0].startswith("building the tiny-subset-test subset (PROTOCOL 4)")
+    assert lines[1].startswith("subset built in ") and lines[1].endswith(
+        ": 20 images, manifest "
+        + str(tmp_path / "manifests" / "tiny-subset-test-k10-n2-normal-e1.json"))
     ckpts = list((tmp_path / "checkpoints" / "tiny-subset-test" / "resnet18").glob("*.pt"))
     assert len(ckpts) == 1
 

@@ -403,9 +403,16 @@ def get_manifest(dataset: Dataset, per_cluster: int, device: torch.device, *,
     model, info = get_extractor(dataset, spec, device, progress=progress, cache_root=cache_root)
     if timing is not None:
         timing["extractor"] = round(time.perf_counter() - t0, 3)
-    manifest = build_manifest(dataset, per_cluster, model, info, device)
     path = out or cached_manifest_path(name, per_cluster, cache_root, spec.tag())
+    log.info("building the %s subset (PROTOCOL 4): the extractor's features of the %d test "
+             "images, k-means into %d clusters (10 restarts), the %d images nearest each "
+             "centre; once per dataset and extractor, then read from %s", name,
+             len(dataset.test), CLUSTERS, per_cluster, path)
+    t0 = time.perf_counter()
+    manifest = build_manifest(dataset, per_cluster, model, info, device)
     write_json(path, manifest)
+    log.info("subset built in %s: %d images, manifest %s", duration_text(
+        time.perf_counter() - t0), len(manifest["indices"]), path)
     if manifest["validity"]["intra_smaller"] is False:
         log.warning("subset validity check failed for %s: intra-cluster L_e %.3g is not "
                     "below inter-cluster %.3g", name, manifest["validity"]["intra_cluster_le"],
