@@ -17,6 +17,15 @@ entry path in ``--out``, they are put back into the cache first, so the run scor
 weights and trains nothing (a cache on another machine is not needed). A run that stops
 mid-training resumes from the cache's last finished epoch.
 
+Scoring resumes across machines too, with ``--carry DIR`` (a quick score of one defense is
+about 6 hours on one CPU thread, longer than a session): the stage outputs already in
+``DIR/<defense>/`` are put into the cache first, and every stage output this run writes (each
+finished stage, each finished chunk of the manipulation and the ensemble) is copied there
+within a minute, so committing ``DIR`` keeps the work of a run that is stopped. Each file is
+named by the sha256 of its bytes and checked when read, as the cache checks its own.
+``--save-carry`` copies a cache's stage outputs into ``DIR/<defense>/`` without running
+anything (for a run started without ``--carry``, on a cache of its own).
+
 A shortened recipe (``--epochs`` below the reference 25) is recorded as such in the entry
 (``defense.reference`` false with the recipe difference), so leaderboards mark those rows as
 not reference rows. The script ends with a timing table (seconds per defense: training,
@@ -84,14 +93,91 @@ def publish_checkpoint(path: Path, defense: str, out: Path) -> None:
     shutil.copyfile(sidecar_path(path), folder / f"{defense}-s{SEED}.sidecar")
 
 
+def stage_files(cache: Path | None) -> Path:
+    """The folder of a cache's stage outputs (:class:`xrbench.engine.runtime.StageCache`)."""
+    from xrbench.utils import cache_dir
+
+    return (cache or cache_dir()) / "stages"
+
+
+def restore_carry(carry: Path, cache: Path | None) -> int:
+    """Copy the stage outputs in ``carry`` into the cache (those not there); their count."""
+    dest = stage_files(cache)
+    n = 0
+    for f in sorted(carry.glob("*.pt")) if carry.is_dir() else []:
+        if not (dest / f.name).is_file():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest / f".{f.name}.part")
+            (dest / f".{f.name}.part").replace(dest / f.name)
+            n += 1
+    return n
+
+
+def save_carry(cache: Path | None, carry: Path, since: float | None = None) -> int:
+    """Copy the cache's stage outputs (written at or after ``since``, a time stamp; all when
+    None) that ``carry`` lacks into it; their count. Each copy lands whole (a temporary name,
+    then a rename)."""
+    src = stage_files(cache)
+    n = 0
+    for f in sorted(src.glob("*.pt")) if src.is_dir() else []:
+        if (carry / f.name).is_file() or (since is not None and f.stat().st_mtime < since):
+            continue
+        carry.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, carry / f".{f.name}.part")
+        (carry / f".{f.name}.part").replace(carry / f.name)
+        n += 1
+    return n
+
+
+class CarryKeeper:
+    """While a run lasts, copy the stage outputs it writes into ``carry`` every ``period``
+    seconds, and once more when it ends (also when it fails or is interrupted)."""
+
+    def __init__(self, cache: Path | None, carry: Path, period: float = 60.0) -> None:
+        import threading
+
+        self.cache, self.carry, self.period = cache, carry, period
+        self.since = time.time() - 1.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            save_carry(self.cache, self.carry, self.since)
+
+    def __enter__(self) -> "CarryKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        n = save_carry(self.cache, self.carry, self.since)
+        print(f"carry: {n} more stage outputs kept in {self.carry}", flush=True)
+
+
 def run_one(defense: str, epochs: int | None, out: Path, device: str,
-            cache: Path | None, train_only: bool = False) -> dict[str, Any]:
+            cache: Path | None, train_only: bool = False, carry: Path | None = None
+            ) -> dict[str, Any]:
     """Train (or reuse) and score one defense; the checkpoint and sidecar go beside the
     entry. Returns the entry's timing with the training seconds. ``train_only``: train and
     publish the checkpoint, score nothing (the subset may not be there yet)."""
     from xrbench import api
 
     restored = restore_checkpoint(defense, epochs, out, cache)
+    if carry is not None and not train_only:
+        n = restore_carry(carry / defense, cache)
+        print(f"carry: {n} stage outputs put back into the cache from {carry / defense}",
+              flush=True)
+        with CarryKeeper(cache, carry / defense):
+            return _train_and_score(defense, epochs, out, device, cache, train_only, restored)
+    return _train_and_score(defense, epochs, out, device, cache, train_only, restored)
+
+
+def _train_and_score(defense: str, epochs: int | None, out: Path, device: str,
+                     cache: Path | None, train_only: bool, restored: bool) -> dict[str, Any]:
+    from xrbench import api
+
     ov = overrides(defense, epochs)
     t0 = time.perf_counter()
     trained = api.train(DATASET, MODEL, defense, seed=SEED, overrides=ov, device=device,
@@ -134,23 +220,38 @@ def main(argv: list[str] | None = None) -> int:
                          "busy with one 28x28 ConvNet at batch 64)")
     ap.add_argument("--train-only", action="store_true",
                     help="train and publish the checkpoints, score nothing")
+    ap.add_argument("--carry", default=None, metavar="DIR",
+                    help="keep each defense's stage outputs in DIR/<defense>/ as the run "
+                         "writes them, and put them back into the cache first: commit DIR to "
+                         "resume a stopped score on another machine")
+    ap.add_argument("--save-carry", action="store_true",
+                    help="with --carry: copy the cache's stage outputs into DIR/<defense>/ "
+                         "(one defense) and exit; for a run started without --carry")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a --jobs worker
     args = ap.parse_args(argv)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else None
+    carry = Path(args.carry) if args.carry else None
+    if args.save_carry:
+        if carry is None or len(args.defenses) != 1:
+            raise SystemExit("--save-carry needs --carry DIR and one defense (--defenses D)")
+        n = save_carry(cache, carry / args.defenses[0])
+        print(f"carry: {n} stage outputs copied into {carry / args.defenses[0]}")
+        return 0
     if args.one:
-        row = run_one(args.one, args.epochs, out, args.device, cache, args.train_only)
+        row = run_one(args.one, args.epochs, out, args.device, cache, args.train_only, carry)
         print("ROW " + json.dumps(row), flush=True)
         return 0
     rows: list[dict[str, Any]] = []
     if args.jobs <= 1:
-        rows = [run_one(d, args.epochs, out, args.device, cache, args.train_only)
+        rows = [run_one(d, args.epochs, out, args.device, cache, args.train_only, carry)
                 for d in args.defenses]
     else:
         base = [sys.executable, __file__, "--out", str(out), "--device", args.device]
         base += ["--epochs", str(args.epochs)] if args.epochs is not None else []
         base += ["--cache", str(cache)] if cache else []
         base += ["--train-only"] if args.train_only else []
+        base += ["--carry", str(carry)] if carry else []
         pending = list(args.defenses)
         running: list[subprocess.Popen[str]] = []
         while pending or running:
