@@ -41,3 +41,55 @@ def test_writing_a_defense_blocks_run(monkeypatch, tmp_path) -> None:
     assert trained.meta["recipe"]["sigma"] == pytest.approx(0.1)
     assert trained.meta["recipe"]["eps"] == pytest.approx(0.3)  # resolved from the card
     assert trained.meta["history"][0]["loss"] > 0
+
+
+# --- docs/ci.md ---------------------------------------------------------------------------
+# Every code block of docs/ci.md runs in a test: the regress examples and the baselines'
+# refresh here; the first-time commands, the GitHub Actions job (its steps after the install)
+# and the pytest version in tests/test_ci_job.py.
+
+CI_DOC = Path(__file__).parents[1] / "docs" / "ci.md"
+ROOT = Path(__file__).parents[1]
+
+
+def _ci_blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", CI_DOC.read_text(), flags=re.S)
+
+
+def _bash_line(line: str, cwd: Path) -> "subprocess.CompletedProcess[str]":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                                 f"{os.environ.get('PATH', '')}"}
+    return subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", line],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def test_ci_md_regress_examples_run_as_written(tmp_path) -> None:
+    """docs/ci.md's `xrbench regress` examples, each line run by bash in a folder holding
+    `leaderboard/baselines` (a copy of xrbench's own) and `results` (the baselines' entries,
+    what re-scoring their checkpoints gives: tests/test_regress_guard.py does that for real):
+    each exits 0, the JSON line prints a document, the --update line makes the folder."""
+    import json
+    import shutil
+
+    (block,) = [b for b in _ci_blocks("bash") if "xrbench regress leaderboard/baselines" in b]
+    lines = [ln for ln in block.splitlines() if ln.strip()]
+    assert len(lines) == 5 and all(ln.startswith("xrbench regress ") for ln in lines)
+    shutil.copytree(ROOT / "leaderboard" / "baselines", tmp_path / "leaderboard" / "baselines")
+    shutil.copytree(ROOT / "leaderboard" / "baselines" / "digits", tmp_path / "results" / "digits")
+    for line in lines:
+        res = _bash_line(line, tmp_path)
+        assert res.returncode == 0, f"{line}\n{res.stdout}{res.stderr}"
+        if "--format json" in line:
+            doc = json.loads(res.stdout)
+            assert doc["passed"] is True and len(doc["entries"]) == 7
+        elif "--update" not in line:
+            mode = "training" if "--mode training" in line else "scoring"
+            assert f"regress ({mode} mode): passed" in res.stdout, res.stdout
+    made = sorted(p.name for p in (tmp_path / "my-baselines").rglob("*-s0.json"))
+    assert len(made) == 7 and "sep_neg-s0.json" in made
+    assert len(list((tmp_path / "my-baselines").rglob("*-s0.pt"))) == 7  # checkpoints too
