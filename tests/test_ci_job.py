@@ -3,10 +3,10 @@
 The job's shell steps are read from the YAML in docs/ci.md (the install step is skipped: the
 plugin is installed already, and it would need the network) and run with bash in a temporary
 "user repository" that holds a copy of the plugin's package, found first on PYTHONPATH as
-`pip install .` would make it. The baselines are made once with the commands docs/ci.md gives
-for that; then the job passes; then the user's defense file is edited (the noise level's
-default, 0.1 -> 0.5) and the same job, on a fresh runner's empty cache, fails naming the
-metric that regressed.
+`pip install .` would make it (a git repository). The baselines are made and committed once
+with the commands docs/ci.md gives for that; then the job passes, and so does the page's pytest
+version of it; then the user's defense file is edited (the noise level's default, 0.1 -> 0.5)
+and the same job, on a fresh runner's empty cache, fails naming the metric that regressed.
 """
 
 from __future__ import annotations
@@ -69,15 +69,20 @@ def test_the_documented_job_passes_then_fails_after_a_planted_change(tmp_path):
     assert any("xrbench evaluate" in s for s in steps)
     assert any("xrbench regress" in s for s in steps)
     (first_time,) = [b for b in _blocks("bash") if "--update" in b and "git add" in b]
-    first_time = "\n".join(line for line in first_time.splitlines()
-                           if not line.startswith("git "))  # no repository to commit to here
 
     repo = tmp_path / "repo"
     shutil.copytree(PLUGIN, repo / PLUGIN.name, ignore=shutil.ignore_patterns("__pycache__"))
-    # the baselines, made once as docs/ci.md says (then committed by the user)
+    # the user's repository, where the baselines get committed
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.invalid"],
+                ["git", "config", "user.name", "ci"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    # the baselines, made once as docs/ci.md says, and committed: the block as written
     made = _bash(first_time, repo, _env(repo, tmp_path / "runner0", job_env))
     assert made.returncode == 0, made.stdout + made.stderr
     assert list((repo / "xrbench-baselines").rglob("gaussian_aug-s0.json"))
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, check=True, capture_output=True,
+                             text=True).stdout.split()
+    assert any(t.endswith("gaussian_aug-s0.json") for t in tracked), tracked
     shutil.rmtree(repo / "results")
 
     def run_job(runner: Path) -> tuple[int, str]:
@@ -93,6 +98,15 @@ def test_the_documented_job_passes_then_fails_after_a_planted_change(tmp_path):
     code, out = run_job(tmp_path / "runner1")
     assert code == 0, out
     assert "regress (training mode): passed" in out
+
+    # "As a pytest test": the page's test file, run by pytest in the user's repository
+    (guard,) = [b for b in _blocks("python") if "assert_no_regression" in b]
+    (repo / "test_xrbench_guard.py").write_text(guard)
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "test_xrbench_guard.py"], cwd=repo, capture_output=True, text=True,
+                         env=_env(repo, tmp_path / "runner1", job_env), timeout=600,
+                         check=False)
+    assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
 
     # the planted change: the noise level's default in the user's defense file
     source = repo / PLUGIN.name / "__init__.py"
