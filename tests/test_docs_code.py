@@ -93,3 +93,43 @@ def test_ci_md_regress_examples_run_as_written(tmp_path) -> None:
     made = sorted(p.name for p in (tmp_path / "my-baselines").rglob("*-s0.json"))
     assert len(made) == 7 and "sep_neg-s0.json" in made
     assert len(list((tmp_path / "my-baselines").rglob("*-s0.pt"))) == 7  # checkpoints too
+
+
+@pytest.mark.slow
+def test_ci_md_baseline_refresh_runs_as_written_for_one_defense(tmp_path) -> None:
+    """docs/ci.md's refresh of xrbench's own baselines, in a git repository holding a copy of
+    `leaderboard/baselines` (make.py writes beside itself) and `.venv/bin/python`: the block
+    as written but for one narrowing, `--defenses normal --spread-seeds` appended to make.py
+    (all seven defenses and seven spread seeds take about 10 minutes, too long for the test
+    suite). The new `normal` entry is judged against the committed one in training mode (the
+    checkpoint was trained again), and `git diff --stat` names what changed."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from xrbench.testing import assert_no_regression
+
+    (block,) = [b for b in _ci_blocks("bash") if "leaderboard/baselines/make.py" in b]
+    lines = [ln.split("#")[0].strip() for ln in block.splitlines() if ln.strip()]
+    assert lines == ["nice .venv/bin/python leaderboard/baselines/make.py",
+                     "git diff --stat leaderboard/baselines"]
+    repo = tmp_path / "xrbench"
+    shutil.copytree(ROOT / "leaderboard" / "baselines", repo / "leaderboard" / "baselines",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    os.symlink(sys.prefix, repo / ".venv")  # this test's environment, as the checkout's
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.invalid"],
+                ["git", "config", "user.name", "t"], ["git", "add", "leaderboard"],
+                ["git", "commit", "-qm", "baselines"]):
+        subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    made = _bash_line(lines[0] + " --defenses normal --spread-seeds", repo)
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "normal seed 0: " in made.stdout and "review the diff and commit it" in made.stdout
+    fresh = repo / "leaderboard" / "baselines" / "digits" / "convnet" / "grad_x_input" / "smoke"
+    assert sorted(p.name for p in fresh.iterdir()) == [
+        "normal-s0.examples.npz", "normal-s0.json", "normal-s0.pt"]  # the others pruned
+    assert_no_regression(ROOT / "leaderboard" / "baselines", fresh / "normal-s0.json",
+                         mode="training", only_current=True)
+    diff = _bash_line(lines[1], repo)
+    assert diff.returncode == 0
+    assert "normal-s0.json" in diff.stdout and "sep_neg-s0.json" in diff.stdout  # (deleted)
