@@ -11,9 +11,14 @@ Each table (the same tables, rows, notes and correlations as the markdown,
 :mod:`xrbench.leaderboard.board`) is followed by its correlation answer and a scatter plot
 of an explanation metric against PGD accuracy (:func:`xrbench.plots.scatter_figure`; Expl@end
 where the rows have it), then the figures drawn from its measured rows' per-example files
-(:data:`SIDECAR_FIGURES`: landscapes, insertion curves, a one-pair gallery). Column headers sort the rows (click again to reverse; missing
-values sort last). Figures can be supplied by the caller instead (:func:`render_html`'s
-``figures``: per table, a list of ``(caption, png_bytes)``).
+(:data:`SIDECAR_FIGURES`: landscapes, insertion curves, a gallery of one pair per row).
+Column headers sort the rows (click again to reverse; missing values sort last); each says
+in its tooltip what it measures. Figures can be supplied by the caller instead
+(:func:`render_html`'s ``figures``: per table, a list of ``(caption, png_bytes)``).
+
+Layout (``static/leaderboard.css``): the widest tables fit a 1280 px window without a
+scrollbar (headers wrap, numbers do not, tight cells); on a phone a table scrolls sideways
+inside its own wrapper, its defense column held in place, and the page itself never does.
 """
 
 from __future__ import annotations
@@ -91,18 +96,32 @@ def _cell(entry: Mapping[str, Any], column: Column, values: Mapping[str, Any],
     return inner, "" if value is None else repr(value * column.scale)
 
 
+#: the flags column's header tooltip
+FLAGS_TOOLTIP = ("pareto: on the table's Pareto front; the others are the entry's own flags "
+                 "(the notes under the table say what each means)")
+
+
+def _tooltip(column: Column) -> str:
+    """A column header's tooltip: its label and what it measures (the column's meaning),
+    so that a header wrapped to fit the page still says it in full."""
+    meaning = column.meaning_of(column.pick[:1])
+    return f"{column.label}: {meaning}" if meaning else column.label
+
+
 def _table_html(table: Table, intervals: bool) -> str:
     marks, _ = _marks(table)
     measured = [r.entry for r in table.rows if not r.reported]
     omit_nc = bool(measured) and all(_get(e, "flags", "not_converged") is True
                                      for e in measured)
-    cols: list[tuple[str, str, str]] = [("defense", "text", "defense"), ("seed", "num", "seed")]
+    # per column: (key, sort type, header, tooltip: what the column measures)
+    cols: list[tuple[str, str, str, str]] = [("defense", "text", "defense", ""),
+                                             ("seed", "num", "seed", "")]
     if table.has_reported:
-        cols.append(("source", "text", "source"))
+        cols.append(("source", "text", "source", "measured here, or reported in a paper"))
     columns = held_columns(board_columns(active_columns()), table)
     for c in columns:
-        cols.append((c.key, "num", c.header(table.rps_eps)))
-    cols.append(("flags", "text", "flags"))
+        cols.append((c.key, "num", c.header(table.rps_eps), _tooltip(c)))
+    cols.append(("flags", "text", "flags", FLAGS_TOOLTIP))
     body: list[list[tuple[str, str, str]]] = []  # per row: (class, inner, data-v)
     for i, r in enumerate(table.rows):
         e = r.entry
@@ -122,14 +141,15 @@ def _table_html(table: Table, intervals: bool) -> str:
         flags = [f for f in flags_list(e) if not (omit_nc and f == "not_converged")]
         if r.pareto:
             flags.insert(0, PARETO)
-        cells.append(("", _e(", ".join(flags)), ""))
+        cells.append(("flags", _e(", ".join(flags)), ""))
         body.append(cells)
     keep = list(range(len(cols)))
     if table.reported_only:  # leave out the columns no reported row fills
         keep = [j for j in keep if j == 0 or any(row[j][1] not in (MISSING, "")
                                                  for row in body)]
-    head = "".join(f'<th scope="col" data-type="{cols[j][1]}">{_e(cols[j][2])}</th>'
-                   for j in keep)
+    head = "".join(f'<th scope="col" data-type="{cols[j][1]}"'
+                   + (f' title="{_e(cols[j][3])}"' if cols[j][3] else "")
+                   + f">{_e(cols[j][2])}</th>" for j in keep)
     rows_html = []
     for r, cells in zip(table.rows, body):
         tds = "".join(
@@ -219,12 +239,14 @@ def default_figures(board: Board) -> list[list[Figure]]:
 
 
 #: the figures drawn from the measured rows' per-example files: (caption, plots function,
-#: keyword arguments); the gallery shows one pair per defense to keep the page light
+#: keyword arguments); the gallery shows one pair per measured row (entry), the first of the
+#: ``xrbench.stages.GALLERY_PAIRS`` (4) its entry keeps, to keep the page light (``xrbench
+#: plot gallery`` shows 3 by default)
 SIDECAR_FIGURES = (
     ("Loss landscapes (PROTOCOL 5.6)", "landscape_figure", {}),
     ("Insertion and Adv-Insertion curves (PROTOCOL 5.4)", "insertion_figure", {}),
-    ("Saliency gallery, one manipulated pair per defense (PROTOCOL 5.2)", "gallery_figure",
-     {"pairs": 1}),
+    ("Saliency gallery, 1 manipulated pair per measured row, the first of the pairs its "
+     "entry keeps (PROTOCOL 5.2)", "gallery_figure", {"pairs": 1}),
 )
 
 

@@ -142,7 +142,8 @@ def test_clicking_a_header_sorts_the_rows_in_chromium(tmp_path: Path, page: str)
 
 def test_published_tables_embed_the_figures_of_their_per_example_files() -> None:
     """Under the published quick table: its scatter, then the landscapes, the insertion
-    curves and a one-pair gallery, drawn from the entries' per-example files."""
+    curves and a gallery of one pair per measured row, drawn from the entries' per-example
+    files."""
     from xrbench.leaderboard.board import load_board
     from xrbench.leaderboard.html import SIDECAR_FIGURES, sidecar_figures
 
@@ -154,3 +155,99 @@ def test_published_tables_embed_the_figures_of_their_per_example_files() -> None
     page = render_html(build_board([r.entry for r in quick.rows], reported_mode="none"),
                        figures=[figs])
     assert page.count("<figure>") == 3 and "Saliency gallery" in page
+    # the gallery's caption says the number of pairs it shows: one row per measured row
+    # (0.6 in of titles and 2.05 in a row at 100 dpi), of the 4 pairs each entry keeps
+    caption, png = figs[2]
+    assert caption.startswith("Saliency gallery, 1 manipulated pair per measured row, the "
+                              "first of the pairs its entry keeps (PROTOCOL 5.2)")
+    height = int.from_bytes(png[20:24], "big")  # the PNG's IHDR height
+    assert height == round(100 * (0.6 + 2.05 * len(quick.rows))) and len(quick.rows) == 7
+    from xrbench.stages import GALLERY_PAIRS
+
+    assert GALLERY_PAIRS == 4 and SIDECAR_FIGURES[2][2] == {"pairs": 1}
+
+
+# --- layout: the tables fit a 1280 px window, a phone scrolls inside a table's wrapper -------
+
+def test_layout_rules_keep_tables_narrow_and_headers_say_what_they_measure(page: str) -> None:
+    """The style sheet's rules that make the widest tables fit 1280 px (headers wrap, numbers
+    do not, tight cells) and keep a phone's page from scrolling sideways (a table scrolls in
+    its wrapper); a wrapped header still says in full, in its tooltip, what it measures."""
+    style = page.split("<style>")[1].split("</style>")[0]
+    wide, phone = style.split("@media (max-width:40rem)")
+    rules = {sel.strip(): body for sel, body in re.findall(r"([^{}]+)\{([^{}]*)\}", wide)}
+    assert "white-space:normal" in rules["table.lb th"]  # headers wrap ...
+    assert "white-space:nowrap" in rules["table.lb td.num"]  # ... numbers never do
+    assert "overflow-x:auto" in rules[".wide"]  # a table too wide scrolls in its wrapper
+    assert "max-width:100%" in rules["figure img"]
+    pad = re.search(r"padding:([.\d]+)rem ([.\d]+)rem", rules["table.lb th,table.lb td"])
+    assert pad and float(pad.group(2)) <= 0.4  # was .55rem a side
+    assert "position:sticky" in phone  # on a phone the defense column stays in view
+    table = page.split('<table class="lb">')[1].split("</table>")[0]
+    heads = dict(re.findall(r'<th scope="col" data-type="num" title="([^"]*)">([^<]*)</th>',
+                            table)[1:])  # tooltip -> header, after the seed column
+    by_header = {h: t for t, h in heads.items()}
+    assert by_header["PGD acc (%)"] == ("PGD acc (%): still correct under an L-inf PGD attack "
+                                        "(prediction robustness)")
+    assert by_header["Adv-Ins. (%)"].startswith("Adv-Ins. (%): Insertion in the order of a map")
+    assert "RelEx mask of x_adv" in by_header["Retrieval (%)"]
+    assert re.search(r'<th scope="col" data-type="text" title="pareto: [^"]+">flags</th>',
+                     table)
+    assert '<td class="flags">' in table
+
+
+def _probe(exe: str, html_file: Path, width: int, cwd: Path) -> dict[str, Any]:
+    """Open ``html_file`` in a ``width`` px wide iframe (headless Chromium's window is at
+    least 500 px wide) and measure the page: the document's scrollWidth and clientWidth, and
+    per table wrapper its scrollWidth and clientWidth, written by a script of the outer page
+    (the leaderboard's own CSP stays as it is) into the DOM that --dump-dom prints."""
+    outer = cwd / f"probe-{width}.html"
+    outer.write_text(
+        '<!DOCTYPE html><html><body style="margin:0"><pre id="probe"></pre>'
+        f'<iframe id="f" src="{html_file.name}" style="border:0;width:{width}px;'
+        'height:1200px"></iframe><script>'
+        'document.getElementById("f").addEventListener("load", function () {'
+        ' var d = this.contentWindow.document, de = d.documentElement;'
+        ' var out = {page: [de.scrollWidth, de.clientWidth], tables: []};'
+        ' d.querySelectorAll("div.wide").forEach(function (w) {'
+        '  out.tables.push([w.scrollWidth, w.clientWidth]); });'
+        ' document.getElementById("probe").textContent = JSON.stringify(out); });'
+        "</script></body></html>", encoding="utf-8")
+    dom = _browser(exe, "--allow-file-access-from-files", "--window-size=1400,1200",
+                   "--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000",
+                   "--dump-dom", outer.as_uri(), cwd=cwd).stdout
+    found = re.search(r'<pre id="probe">([^<]+)</pre>', dom)
+    assert found, f"no measurement in the DOM: {dom[-400:]}"
+    import json
+
+    return json.loads(found.group(1))
+
+
+def test_the_widest_tables_fit_1280px_and_a_phone_page_does_not_scroll(tmp_path: Path) -> None:
+    """The published board with every reported row and the intervals under each value (its
+    widest cells), figures wider than any window: at 1280 px neither the page nor a table
+    scrolls sideways; at 390 px (a phone) the page still does not, a wide table scrolls
+    inside its own wrapper."""
+    exe = _chromium()
+    from matplotlib.figure import Figure
+
+    from xrbench.leaderboard.board import load_board
+    from xrbench.plots import figure_png
+
+    board = load_board(None, reported_mode="all")
+    wide = Figure(figsize=(20, 2), dpi=100)  # a 2000 px wide figure under every table
+    wide.subplots().plot([0, 1], [0, 1])
+    png = figure_png(wide)
+    html_file = tmp_path / "lb.html"
+    html_file.write_text(render_html(board, intervals=True,
+                                     figures=[[("wide", png)] for _ in board.tables]),
+                         encoding="utf-8")
+    assert max(t.count("<th ") for t in html_file.read_text().split('<table class="lb">')[1:]) \
+        >= 13  # defense, seed, source, ten metrics, flags
+    desk = _probe(exe, html_file, 1280, tmp_path)
+    assert desk["page"] == [1280, 1280]
+    assert len(desk["tables"]) == len(board.tables)
+    assert all(s <= c for s, c in desk["tables"]), desk["tables"]  # no table scrolls
+    phone = _probe(exe, html_file, 390, tmp_path)
+    assert phone["page"] == [390, 390]  # the page itself never scrolls sideways
+    assert any(s > c for s, c in phone["tables"])  # a wide table scrolls in its wrapper

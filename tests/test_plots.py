@@ -176,7 +176,8 @@ def test_insertion_figure_curves_are_the_means_of_the_stored_curves(run):
     score = items[0][0]["metrics"]["insertion"]["value"]
     assert line.get_label() == f"normal ({score:.1f})"  # the curve's mean is the score
     assert len(adv.get_lines()) == 2
-    _assert_drawn(plots.insertion_figure(items), (1100, 420))
+    # the legends (one line of two entries) under the axes: 0.5 in + 0.2 in a line taller
+    _assert_drawn(plots.insertion_figure(items), (1100, 490))
 
 
 def test_gallery_figure_rows_show_the_stored_images_and_maps(run):
@@ -211,6 +212,121 @@ def test_scatter_places_each_entry_at_its_metrics(run):
     _assert_drawn(plots.scatter_figure(entries, "retrieval/relex_adv_mask/0.2"), (640, 500))
     with pytest.raises(XRBenchError, match=r"unknown metric 'expl_mid'.*expl_end"):
         plots.scatter_figure(entries, "expl_mid")
+
+
+# --- the figures' layout: legends and labels hide nothing -----------------------------------
+
+PUBLISHED_QUICK = (Path(__file__).parents[1] / "leaderboard" / "results" / "digits" / "convnet"
+                   / "grad_x_input" / "quick")
+
+
+def _published_quick() -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The published digits quick table's entries (normal, l2_cosd and hessian all at PGD
+    accuracy 0) with their per-example files."""
+    paths = sorted(PUBLISHED_QUICK.glob("*-s0.json"))
+    entries = [read_entry(p) for p in paths]
+    return [(e, read_examples(p, e)) for p, e in zip(paths, entries)]
+
+
+def _text_boxes(fig: Any, ax: Any) -> dict[str, Any]:
+    """Each label of ``ax`` -> its text's box in pixels (the text only, not its line)."""
+    from matplotlib.text import Text
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}
+
+
+def _assert_apart(boxes: dict[str, Any], fig: Any) -> None:
+    names = list(boxes)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not boxes[a].overlaps(boxes[b]), (a, b, boxes[a], boxes[b])
+    whole = fig.bbox
+    for name, box in boxes.items():  # every label inside the figure
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0 \
+            and box.y1 <= whole.y1, (name, box)
+
+
+def test_scatter_labels_of_points_that_sit_together_do_not_overlap():
+    """The published digits quick table: normal, l2_cosd and hessian all at PGD accuracy 0,
+    their Expl@end 10% apart. Their labels stand in a column in the order of their points,
+    apart from each other and from every other label; a pushed label has a line to its
+    point. The same placement again gives the same figure (deterministic)."""
+    entries = [e for e, _ in _published_quick()]
+    fig = plots.draw_scatter(entries, "expl_end")
+    ax = fig.axes[0]
+    assert len(ax.texts) == len(entries) == 7
+    boxes = _text_boxes(fig, ax)
+    _assert_apart(boxes, fig)
+    at_zero = sorted((e["metrics"]["expl_end"]["value"], e["defense"]["name"]) for e in entries
+                     if e["metrics"]["pgd_acc"]["value"] == 0.0)
+    assert [n for _, n in at_zero] == ["normal", "l2_cosd", "hessian"]  # from the lowest
+    assert [boxes[n].y0 for _, n in at_zero] == sorted(boxes[n].y0 for _, n in at_zero)
+    # those were drawn on top of each other before (5 pt right and up of each point)
+    assert boxes["hessian"].y0 >= boxes["l2_cosd"].y1 >= boxes["normal"].y1
+    lines = {t.get_text(): t.arrow_patch is not None for t in ax.texts}
+    assert lines["hessian"] and lines["l2_cosd"] and not lines["sep_neg"]
+    fig2 = plots.draw_scatter(entries, "expl_end")
+    assert {k: tuple(v.extents) for k, v in _text_boxes(fig2, fig2.axes[0]).items()} == \
+        {k: tuple(v.extents) for k, v in boxes.items()}
+
+
+@pytest.mark.parametrize("where", ["same point", "top right corner"])
+def test_scatter_labels_apart_however_crowded(where):
+    """Eight entries at one point (or packed in the axis's top right corner, where labels
+    cannot all go up or right), one far from them: every label apart from every other,
+    inside the figure."""
+    from test_leaderboard import make_entry_v2
+
+    entries = []
+    for i in range(8):
+        e = make_entry_v2(f"defense_{i}", expl_end=5e-5 if where == "same point"
+                          else 5e-5 * (1 + 0.01 * i))
+        e["metrics"]["pgd_acc"]["value"] = 30.0 if where == "same point" else 40.0 + 0.05 * i
+        entries.append(e)
+    entries.append(make_entry_v2("far_away", expl_end=1e-5))  # PGD 12.3: bottom left
+    fig = plots.draw_scatter(entries, "expl_end")
+    ax = fig.axes[0]
+    boxes = _text_boxes(fig, ax)
+    assert len(boxes) == len(entries)
+    _assert_apart(boxes, fig)
+
+
+def test_pareto_labels_do_not_overlap():
+    """The Pareto figure places its labels the same way (its markers grow with clean
+    accuracy, and labels keep clear of them)."""
+    entries = [e for e, _ in _published_quick()]
+    fig = plots.draw_pareto(entries)
+    _assert_apart(_text_boxes(fig, fig.axes[0]), fig)
+
+
+def test_insertion_legends_sit_under_their_axes_hiding_no_curve():
+    """The published digits quick table's curves (three of them rise to 100% at the top
+    left, where the legend sat): each axis's legend lies under the axis, below its tick
+    labels and axis label, inside the figure, and apart from the other axis's legend."""
+    items = _published_quick()
+    fig = plots.draw_insertion(items)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = fig.axes
+    assert len(axes) == 2
+    legends = []
+    for ax in axes:
+        legend = ax.get_legend()
+        assert legend is not None and len(legend.get_texts()) == 7
+        box = legend.get_window_extent(renderer)
+        area = ax.get_window_extent(renderer)  # the axis's data area
+        assert box.y1 < area.y0, (box, area)  # wholly below it: no curve under the legend
+        label = ax.xaxis.label.get_window_extent(renderer)
+        assert box.y1 <= label.y0 and not box.overlaps(label)
+        for tick in ax.get_xticklabels():
+            assert not box.overlaps(tick.get_window_extent(renderer))
+        assert fig.bbox.y0 <= box.y0 and box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1
+        legends.append(box)
+    assert not legends[0].overlaps(legends[1])
+    # one entry per legend line up to three: 7 entries take 3 lines, the figure 0.6 in taller
+    assert fig.get_figheight() == pytest.approx(4.2 + 0.5 + 0.2 * 3)
 
 
 def test_missing_data_names_the_entry_and_what_to_do(run):

@@ -84,13 +84,26 @@ def insertion_curve_mean(examples: Mapping[str, np.ndarray], stage: str, entry: 
     return ratios.astype(float), 100.0 * curve.astype(np.float64).mean(axis=1)
 
 
+#: the Insertion figure's legends: entries a line, and how far under its axis (inches) each
+#: legend starts (below the tick labels and the axis label)
+INSERTION_LEGEND_COLUMNS = 3
+INSERTION_LEGEND_DROP = 0.5
+
+
 def draw_insertion(items: Sequence[Item]) -> Figure:
     """The insertion figure (see :func:`insertion_figure`) as a matplotlib Figure: one axis
-    for Insertion and, when any entry ran it, one for Adv-Insertion."""
+    for Insertion and, when any entry ran it, one for Adv-Insertion, each with its legend
+    under it (outside the axis, so that no curve is hidden)."""
+    from matplotlib.transforms import ScaledTranslation
+
     entries = [e for e, _ in items]
     key = check_one_table(entries)
     adv = [_get(e, "not_applicable", "adv_insertion") is None for e in entries]
-    fig = new_figure(11.0 if any(adv) else 5.8, 4.2)
+    # each axis's legend goes under it (inside, it hid the curves that rise to 100%): up to
+    # INSERTION_LEGEND_COLUMNS entries a line, the figure taller by its lines
+    ncol = min(len(items), INSERTION_LEGEND_COLUMNS)
+    legend_lines = math.ceil(len(items) / ncol)
+    fig = new_figure(11.0 if any(adv) else 5.8, 4.2 + 0.5 + 0.2 * legend_lines)
     axes = fig.subplots(1, 2 if any(adv) else 1, squeeze=False)[0]
     panels = [("insertion", "Insertion", axes[0])]
     if any(adv):
@@ -109,7 +122,13 @@ def draw_insertion(items: Sequence[Item]) -> Figure:
         ax.set_xlabel("pixels put back, top of the map first (%)")
         ax.set_ylabel("probability of the true label (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", title="defense (score)", title_fontsize="small")
+        # anchored to the axis's bottom edge, a fixed distance lower: under the tick labels
+        # and the axis label whatever the axis's height
+        below = ax.transAxes + ScaledTranslation(0.0, -INSERTION_LEGEND_DROP,
+                                                 fig.dpi_scale_trans)
+        ax.legend(fontsize="small", title="defense (score)", title_fontsize="small",
+                  loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=below,
+                  ncol=ncol, frameon=False, columnspacing=1.2, handlelength=1.6)
     fig.suptitle(f"Insertion curves (PROTOCOL 5.4): {figure_title(key)}", fontsize="medium")
     fig.tight_layout()
     return fig

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..errors import XRBenchError
 from ..identity import entry_name
-from .base import (LOG_RATIO, _get, check_one_table, figure_png, figure_title, labels,
-                         line_colors, log, new_figure)
+from .base import (LABEL_OFFSET, LOG_RATIO, _get, check_one_table, figure_png, figure_title,
+                   labels, line_colors, log, new_figure, place_labels)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -93,7 +93,7 @@ def draw_scatter(entries: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     ylabel, scale = metric_axis(metric)
     fig = new_figure(6.4, 5.0)
     ax = fig.subplots(1, 1)
-    xs, ys = [], []
+    xs, ys, names, colors = [], [], [], []
     for entry, label, color in zip(entries, labels(entries), line_colors(len(entries))):
         x, xlo, xhi = _value_ci(metric_object(entry, "pgd_acc"), 1.0)
         y, ylo, yhi = _value_ci(metric_object(entry, metric), scale)
@@ -104,10 +104,10 @@ def draw_scatter(entries: Sequence[Mapping[str, Any]], metric: str) -> Figure:
             continue
         xs.append(x)
         ys.append(y)
+        names.append(label)
+        colors.append(color)
         ax.errorbar([x], [y], xerr=[[xlo], [xhi]], yerr=[[ylo], [yhi]], fmt="o", color=color,
                     capsize=3, markersize=5)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 5),
-                    fontsize="small")
     if not xs:
         raise XRBenchError(f"no entry holds both pgd_acc and {metric!r} (see the entries' "
                            "not_applicable); pick another --metric")
@@ -126,8 +126,20 @@ def draw_scatter(entries: Sequence[Mapping[str, Any]], metric: str) -> Figure:
     ax.grid(True, alpha=0.3)
     ax.set_title(f"{corr}\nbars: 95% bootstrap intervals", fontsize="small")
     fig.suptitle(f"{metric} vs PGD accuracy (PROTOCOL 5.7)\n{figure_title(key)}", fontsize="medium")
-    fig.tight_layout()
+    _label_points(fig, ax, list(zip(xs, ys)), names, colors, marker=3.0)
     return fig
+
+
+def _label_points(fig: Figure, ax: Any, points: list[tuple[float, float]], names: list[str],
+                  colors: list[Any], marker: float | list[float]) -> None:
+    """Lay the figure out with each label at its default place (room for them at the
+    edges), then place the labels so that none overlaps another (:func:`place_labels`)."""
+    provisional = [ax.annotate(n, p, textcoords="offset points", xytext=LABEL_OFFSET,
+                               fontsize="small") for n, p in zip(names, points)]
+    fig.tight_layout()
+    for a in provisional:
+        a.remove()
+    place_labels(ax, points, names, colors, marker=marker)
 
 
 def scatter_figure(entries: Sequence[Mapping[str, Any]], metric: str) -> bytes:
@@ -155,17 +167,20 @@ def draw_pareto(entries: Sequence[Mapping[str, Any]]) -> Figure:
     fig = new_figure(6.4, 5.0)
     ax = fig.subplots(1, 1)
     on: list[tuple[float, float]] = []
+    # (point, label, colour, marker half-size in points)
+    marked: list[tuple[tuple[float, float], str, str, float]] = []
     for entry, label, p, is_front in zip(entries, labels(entries), points, front):
         if p is None:
             log.info("pareto: %s has no Expl@end (worst); left out", entry_name(entry))
             continue
         clean, pgd, worst = p
         y = worst * 1e7
-        ax.scatter([pgd], [y], s=40 + 4 * max(clean - 50.0, 0.0),
+        area = 40 + 4 * max(clean - 50.0, 0.0)  # points^2
+        ax.scatter([pgd], [y], s=area,
                    marker="*" if is_front else "o",
                    color="tab:red" if is_front else "tab:gray", zorder=3)
-        ax.annotate(f"{label} ({clean:.1f}%)", (pgd, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize="small")
+        marked.append(((pgd, y), f"{label} ({clean:.1f}%)",
+                       "tab:red" if is_front else "tab:gray", math.sqrt(area) / 2))
         if is_front:
             on.append((pgd, y))
     if len(on) > 1:
@@ -181,7 +196,8 @@ def draw_pareto(entries: Sequence[Mapping[str, Any]]) -> Figure:
                  "accuracy\nand Expl@end (worst): no other row is at least as high on all "
                  "three", fontsize="small")
     fig.suptitle(f"Pareto front (PROTOCOL 5.8)\n{figure_title(key)}", fontsize="medium")
-    fig.tight_layout()
+    _label_points(fig, ax, [m[0] for m in marked], [m[1] for m in marked],
+                  [m[2] for m in marked], marker=[m[3] for m in marked])
     return fig
 
 
