@@ -35,7 +35,7 @@ from xrbench.columns import Column, board_columns, by_key, format_value
 
 from .board import Board, Table, row_values
 from .render import (MISSING, NOT_APPLICABLE, PARETO, _marks, flags_list, held_columns,
-                     not_applicable, table_notes)
+                     not_applicable, superseded_note, table_notes)
 from .fields import active_columns
 from .fields import get_field as _get
 
@@ -300,6 +300,8 @@ def render_html(board: Board, *, intervals: bool = False,
            f"{_e(board.reported_mode)}; xrbench {_e(__version__)}. One table per dataset, "
            "model, explainer, profile and protocol version (PROTOCOL 8). Click a column "
            "header to sort.</p>"]
+    if board.superseded:  # one sentence, code marks as in markdown
+        out.append(f'<p class="meta">{_e(superseded_note(board)).replace("`", "")}</p>')
     if board.skipped:
         items = "".join(f"<li>{_e(s.path)}: {_e(s.reason)}</li>" for s in board.skipped)
         out.append(f'<div class="warn"><p>Skipped files (not valid entries):</p>'

@@ -101,6 +101,9 @@ def test_superseded_protocol_versions_are_left_out_with_a_note_naming_them(tmp_p
     doc = board_document(board)
     jsonschema.validate(doc, load_document_schema())
     assert [k["protocol_version"] for k in doc["superseded"]] == [2, 1]
+    from xrbench.leaderboard.document import render_board
+    assert ("<p class=\"meta\">Not shown: 2 tables of superseded protocol versions (v2, v1); "
+            "xrbench leaderboard --superseded shows them.</p>") in render_board(board, "html")
     # one version only: nothing is superseded, and nothing is said
     alone = build_board(entries[:1], reported_mode="none", superseded=False)
     assert len(alone.tables) == 1 and not alone.superseded
