@@ -70,3 +70,31 @@ def test_the_keeper_copies_while_a_run_lasts_and_once_more_at_its_end(tmp_path) 
         assert len(list(carry.glob("*.pt"))) == 1  # copied while the run goes on
         StageCache(cache).save("ensemble-chunk", {"c": 1}, {"v": torch.ones(1)})
     assert len(list(carry.glob("*.pt"))) == 2  # and what came last, at the end
+
+
+def test_the_training_state_is_carried_and_resumes_where_the_cache_looks(tmp_path) -> None:
+    """A 25-epoch SEP model (about 14 hours on one CPU thread) trains over several sessions:
+    the state after each finished epoch goes to the carry folder, and comes back to the
+    path the trainer resumes from (xrbench.train: the checkpoint's ``.partial.pt``)."""
+    from xrbench.checkpoints import partial_path
+    from xrbench.data import dataset_card
+    from xrbench.train import checkpoint_key
+
+    t15 = _table15()
+    cache, carry = tmp_path / "cache", tmp_path / "carry" / "sep_neg"
+    partial = t15.training_partial("sep_neg", None, cache)
+    key, _ = checkpoint_key(dataset_card("fashion_mnist"), "convnet", "sep_neg",
+                            {"explainer": "guided_backprop"}, 0)
+    assert partial == partial_path(key.path(cache))  # where the trainer looks
+    assert t15.save_partial_carry(partial, carry) is False  # no epoch finished yet
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"epoch 3")
+    with t15.CarryKeeper(cache, carry, period=60.0, partial=partial):
+        pass  # the keeper's last copy, at the end of the run
+    assert (carry / t15.PARTIAL).read_bytes() == b"epoch 3"
+    assert t15.save_partial_carry(partial, carry) is False  # unchanged: not copied again
+    partial.write_bytes(b"epoch 4")
+    later = (carry / t15.PARTIAL).stat().st_mtime + 10
+    os.utime(partial, (later, later))
+    assert t15.save_partial_carry(partial, carry) is True
+    assert (carry / t15.PARTIAL).read_bytes() == b"epoch 4"

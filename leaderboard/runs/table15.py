@@ -17,11 +17,13 @@ entry path in ``--out``, they are put back into the cache first, so the run scor
 weights and trains nothing (a cache on another machine is not needed). A run that stops
 mid-training resumes from the cache's last finished epoch.
 
-Scoring resumes across machines too, with ``--carry DIR`` (a quick score of one defense is
-about 6 hours on one CPU thread, longer than a session): the stage outputs already in
-``DIR/<defense>/`` are put into the cache first, and every stage output this run writes (each
-finished stage, each finished chunk of the manipulation and the ensemble) is copied there
-within a minute, so committing ``DIR`` keeps the work of a run that is stopped. Each file is
+Training and scoring resume across machines too, with ``--carry DIR`` (a quick score of one
+defense is about 6 hours on one CPU thread, a 25-epoch SEP model about 14, longer than a
+session): what ``DIR/<defense>/`` holds is put into the cache first, and while the run lasts
+every stage output it writes (each finished stage, each finished chunk of the manipulation
+and the ensemble) and the training state after each finished epoch (``train.partial.pt``,
+removed once the checkpoint is published beside the entry) are copied there within a minute,
+so committing ``DIR`` keeps the work of a run that is stopped. Each file is
 named by the sha256 of its bytes and checked when read, as the cache checks its own.
 ``--save-carry`` copies a cache's stage outputs into ``DIR/<defense>/`` without running
 anything (for a run started without ``--carry``, on a cache of its own).
@@ -129,14 +131,50 @@ def save_carry(cache: Path | None, carry: Path, since: float | None = None) -> i
     return n
 
 
+#: the training state after the last finished epoch, as kept in a carry folder
+PARTIAL = "train.partial.pt"
+
+
+def training_partial(defense: str, epochs: int | None, cache: Path | None) -> Path:
+    """Where the cache keeps ``defense``'s training state between epochs (the trainer resumes
+    from it: :func:`xrbench.checkpoints.save_partial`)."""
+    from xrbench.checkpoints import partial_path
+    from xrbench.data import dataset_card
+    from xrbench.train import checkpoint_key
+
+    key, _ = checkpoint_key(dataset_card(DATASET), MODEL, defense, overrides(defense, epochs),
+                            SEED)
+    return partial_path(key.path(cache))
+
+
+def _copy_whole(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+
+
+def save_partial_carry(partial: Path | None, carry: Path) -> bool:
+    """Copy the training state into ``carry`` when it is newer than the carried one."""
+    if partial is None or not partial.is_file():
+        return False
+    kept = carry / PARTIAL
+    if kept.is_file() and kept.stat().st_mtime >= partial.stat().st_mtime:
+        return False
+    _copy_whole(partial, kept)
+    return True
+
+
 class CarryKeeper:
     """While a run lasts, copy the stage outputs it writes into ``carry`` every ``period``
-    seconds, and once more when it ends (also when it fails or is interrupted)."""
+    seconds, and the training state after each finished epoch (``partial``, when given);
+    once more when it ends (also when it fails or is interrupted)."""
 
-    def __init__(self, cache: Path | None, carry: Path, period: float = 60.0) -> None:
+    def __init__(self, cache: Path | None, carry: Path, period: float = 60.0,
+                 partial: Path | None = None) -> None:
         import threading
 
-        self.cache, self.carry, self.period = cache, carry, period
+        self.cache, self.carry, self.period, self.partial = cache, carry, period, partial
         self.since = time.time() - 1.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -144,6 +182,7 @@ class CarryKeeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.period):
             save_carry(self.cache, self.carry, self.since)
+            save_partial_carry(self.partial, self.carry)
 
     def __enter__(self) -> "CarryKeeper":
         self._thread.start()
@@ -153,7 +192,9 @@ class CarryKeeper:
         self._stop.set()
         self._thread.join()
         n = save_carry(self.cache, self.carry, self.since)
-        print(f"carry: {n} more stage outputs kept in {self.carry}", flush=True)
+        kept = save_partial_carry(self.partial, self.carry)
+        print(f"carry: {n} more stage outputs kept in {self.carry}"
+              + (", and the training state" if kept else ""), flush=True)
 
 
 def run_one(defense: str, epochs: int | None, out: Path, device: str,
@@ -165,13 +206,21 @@ def run_one(defense: str, epochs: int | None, out: Path, device: str,
     from xrbench import api
 
     restored = restore_checkpoint(defense, epochs, out, cache)
-    if carry is not None and not train_only:
-        n = restore_carry(carry / defense, cache)
-        print(f"carry: {n} stage outputs put back into the cache from {carry / defense}",
-              flush=True)
-        with CarryKeeper(cache, carry / defense):
-            return _train_and_score(defense, epochs, out, device, cache, train_only, restored)
-    return _train_and_score(defense, epochs, out, device, cache, train_only, restored)
+    if carry is None:
+        return _train_and_score(defense, epochs, out, device, cache, train_only, restored)
+    folder = carry / defense
+    n = restore_carry(folder, cache)
+    partial = None if restored else training_partial(defense, epochs, cache)
+    resumed = (partial is not None and (folder / PARTIAL).is_file()
+               and not partial.is_file())
+    if resumed:  # a training stopped on another machine goes on from its last epoch
+        _copy_whole(folder / PARTIAL, partial)
+    print(f"carry: {n} stage outputs" + (" and the training state" if resumed else "")
+          + f" put back into the cache from {folder}", flush=True)
+    with CarryKeeper(cache, folder, partial=partial):
+        row = _train_and_score(defense, epochs, out, device, cache, train_only, restored)
+    (folder / PARTIAL).unlink(missing_ok=True)  # trained: the checkpoint lies beside the entry
+    return row
 
 
 def _train_and_score(defense: str, epochs: int | None, out: Path, device: str,
