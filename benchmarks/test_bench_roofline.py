@@ -43,7 +43,7 @@ from xrbench.models import create_model
 from xrbench.protocol import get_profile
 
 from benchutil import pick
-from train_step import DEFENSES, training_step
+from train_step import DEFENSES, TARGETS, training_step
 
 BATCH = pick(64, 16)
 PAIRS = pick(64, 16)
@@ -123,17 +123,34 @@ def _register(ratios, key: str, flops: float, seconds: float | None, what: str) 
                  note=f"{flops / 1e6:.2f} MFLOP{achieved}, peak {peak / 1e9:.0f} GFLOP/s")
 
 
-@pytest.mark.parametrize("dataset", list(SHAPES))
+#: (dataset, model) of the training steps: the ConvNet at both shapes, and LeNet at CIFAR-10's
+#: (3 x 32 x 32), where Joo et al. 2023 Table 2 gives its cost targets (issue 22 item 4)
+TRAIN_CASES = {("digits", "convnet"): "ConvNet 8x8", ("fashion_mnist", "convnet"): "ConvNet 28x28",
+               ("cifar10", "lenet"): "LeNet 3x32x32"}
+_NORMAL_FLOPS: dict[tuple[str, str], int] = {}
+
+
+@pytest.mark.parametrize("case", list(TRAIN_CASES), ids=lambda c: f"{c[0]}-{c[1]}")
 @pytest.mark.parametrize("defense", DEFENSES)
-def test_train_step_roofline(benchmark, ratios, defense, dataset):
-    step = training_step(defense, dataset, "convnet", batch=BATCH)
+def test_train_step_roofline(benchmark, ratios, defense, case):
+    dataset, model = case
+    step = training_step(defense, dataset, model, batch=BATCH)
     flops = count_flops(step)
+    if defense == "normal":
+        _NORMAL_FLOPS[case] = flops
     loss = benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     assert math.isfinite(loss) and flops > 0
-    key = f"roofline/train/{dataset}/{defense}"
+    key = f"roofline/train/{dataset}/{model}/{defense}"
     seconds = ratios.record(key, benchmark)
-    _register(ratios, key, flops, seconds,
-              f"{defense} training step, ConvNet {SHAPES[dataset]}, batch {BATCH}")
+    what = f"{defense} training step, {TRAIN_CASES[case]}, batch {BATCH}"
+    _register(ratios, key, flops, seconds, what)
+    if defense != "normal" and case in _NORMAL_FLOPS:  # the arithmetic's share of the cost
+        base = f"roofline/train/{dataset}/{model}/normal"
+        ratios.ratio(f"time x normal: {what}", key, base,
+                     at_most=TARGETS.get(defense) if model == "lenet" else None,
+                     note=f"FLOPs x normal: {flops / _NORMAL_FLOPS[case]:.2f}"
+                          + (" (Joo et al. Table 2 target)"
+                             if model == "lenet" and defense in TARGETS else ""))
 
 
 def _pair_attack(dataset: str, iterations: int):
