@@ -124,11 +124,15 @@ def table_notes(table: Table) -> list[str]:
         shipped = bool(paths) and all(
             p is not None and p.name.endswith(".json")
             and p.with_name(p.name[:-len(".json")] + ".pt").is_file() for p in paths)
-        notes.append(f"Measured with torch {', '.join(torches)}." + (
+        threads = sorted({int(t) for e in measured
+                          if isinstance(t := get_field(e, "environment", "threads"), int)})
+        on = (f", {'one thread' if threads == [1] else ', '.join(map(str, threads)) + ' threads'}"
+              if threads else "")
+        notes.append(f"Measured with torch {', '.join(torches)}{on}." + (
             " Each row's checkpoint lies beside its entry: scoring it (evaluate --checkpoint) "
-            "reproduces the row to float noise under any torch; retraining under another torch "
-            "gives other weights, judged by xrbench regress --mode training." if shipped
-            else ""))
+            "reproduces the row to float noise under any torch; CPU training gives the same "
+            "weights only on as many threads (and, in general, the same torch), and any other "
+            "retrain is judged by xrbench regress --mode training." if shipped else ""))
     notes.extend(_not_applicable_notes(measured))
     notes.extend(_marks(table)[1])
     sources: dict[str, dict[str, None]] = {}

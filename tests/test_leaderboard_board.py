@@ -348,3 +348,33 @@ def test_bad_files_are_skipped_with_a_warning_naming_them(capsys, caplog,
     code, _, err = _run(capsys, "leaderboard", "--results", str(only_bad))
     assert code == 2 and err.count("\n") == 1
     assert "no entries (*.json) found under" in err and str(only_bad / "x.json") in err
+
+
+def test_a_table_says_which_torch_and_threads_made_it_and_how_to_reproduce_it(tmp_path) -> None:
+    """Issue 23 item 1: each measured table names the torch and thread count of its rows, and,
+    where every row's checkpoint lies beside its entry, how to reproduce a row (score the
+    checkpoint) and how a retrain is judged."""
+    from xrbench.leaderboard.board import Row
+    from xrbench.leaderboard.render_notes import table_notes
+
+    rows = []
+    for i, defense in enumerate(("mat", "sep_neg")):
+        e = mnist(defense, 80.0, 3e-5, version=3)
+        e["environment"] = {"torch": "2.15.0+cu132", "threads": 1}
+        path = tmp_path / f"{defense}-s0.json"
+        path.write_text(json.dumps(e))
+        rows.append(Row(e, str(path), path=path))
+    board = build_board(rows, reported_mode="none")
+    (note,) = [n for n in table_notes(board.tables[0]) if n.startswith("Measured with")]
+    assert note == "Measured with torch 2.15.0+cu132, one thread."  # no checkpoints beside
+    for r in rows:
+        r.path.with_name(r.path.name[:-5] + ".pt").write_bytes(b"weights")
+    (note,) = [n for n in table_notes(build_board(rows, reported_mode="none").tables[0])
+               if n.startswith("Measured with")]
+    assert note.startswith("Measured with torch 2.15.0+cu132, one thread. Each row's "
+                           "checkpoint lies beside its entry: scoring it (evaluate --checkpoint)")
+    assert "only on as many threads" in note and "regress --mode training" in note
+    rows[1].entry["environment"]["threads"] = 2
+    (note,) = [n for n in table_notes(build_board(rows, reported_mode="none").tables[0])
+               if n.startswith("Measured with")]
+    assert note.startswith("Measured with torch 2.15.0+cu132, 1, 2 threads.")

@@ -39,6 +39,29 @@ def test_training_is_deterministic_on_cpu(digits, cache, tmp_path):
     assert a.sha256 == b.sha256
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_on_several_threads_says_the_weights_depend_on_it(digits, cache, caplog,
+                                                                   threads):
+    """Issue 23 item 1: a fresh `evaluate --defense sep_neg` on 2 threads gave other weights
+    than the published one-thread checkpoint (which one thread reproduces bit for bit, under
+    torch 2.14.1 as under 2.15.0), and said nothing."""
+    import logging
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with caplog.at_level(logging.INFO, logger="xrbench.train"):
+            get_trained_model(digits, "convnet", "normal", overrides={"epochs": "1"},
+                              progress=False, cache_root=cache)
+    finally:
+        torch.set_num_threads(before)
+    said = [r.getMessage() for r in caplog.records if "CPU threads" in r.getMessage()]
+    assert said == ([] if threads == 1 else [
+        "training on 2 CPU threads: CPU training gives the same weights only at the same "
+        "thread count, and xrbench's published checkpoints were trained with one "
+        "(OMP_NUM_THREADS=1 reproduces them)"])
+
+
 def test_overridden_recipe_gets_its_own_checkpoint(digits, cache):
     a = get_trained_model(digits, "convnet", "normal", overrides={"epochs": "1"},
                           progress=False, cache_root=cache)

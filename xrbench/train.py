@@ -254,6 +254,10 @@ def _load_or_train(dataset: Dataset, model_name: str, defense_cls: Any, defense_
                             "defense_rng": state_gen.get_state(), "history": history,
                             "train_seconds": earlier_seconds + time.perf_counter() - t0})
 
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        log.info("training on %d CPU threads: CPU training gives the same weights only at the "
+                 "same thread count, and xrbench's published checkpoints were trained with "
+                 "one (OMP_NUM_THREADS=1 reproduces them)", torch.get_num_threads())
     if fastgrad.enabled():
         log.warning("%s=1: training with the fast double backward; the weights differ by "
                     "float rounding from the default path's (recorded in the checkpoint)",
