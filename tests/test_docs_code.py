@@ -1,6 +1,6 @@
-"""docs/writing-a-defense.md stays true: its code blocks, run as written (the recipe, the loss,
-then the registration of that class), give a defense that trains and is scored (issue 23:
-the page once called torch.randn without importing torch)."""
+"""docs/writing-a-defense.md and docs/ci.md stay true: their code blocks run in tests (issue
+23). writing-a-defense.md's recipe and loss, registered through the page's entry point, give a
+defense that trains (the page once called torch.randn without importing torch)."""
 
 from __future__ import annotations
 
@@ -24,18 +24,42 @@ def test_writing_a_defense_blocks_run(monkeypatch, tmp_path) -> None:
     import sys
     import types
 
+    import tomllib
+    from importlib import metadata
+
+    import xrbench.registry as registry_module
+
     recipe, loss, register = _blocks()
-    module = types.ModuleType("my_defense_doc")  # a module, as the user's file would be
-    monkeypatch.setitem(sys.modules, "my_defense_doc", module)
+    (toml,) = re.findall(r"```toml\n(.*?)```", DOC.read_text(), flags=re.S)
+    module = types.ModuleType("my_package")  # the package the page's entry point names
+    monkeypatch.setitem(sys.modules, "my_package", module)
     ns = module.__dict__
     exec(compile(recipe, f"{DOC}:recipe", "exec"), ns)
     exec(compile(loss, f"{DOC}:loss", "exec"), ns)
-    # the registration block, applied to the class the page wrote (its `...` body stands for
-    # the class above)
+    # the built-ins' registration block is shown for reading (its `...` body stands for the
+    # class above); a package registers through the page's entry point, loaded here as an
+    # installed distribution's would be
     assert '@defenses.register("my_defense"' in register
     defenses.load_plugins()
     monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))
-    defenses.add("my_defense", ns["MyDefense"], "one-line description")
+    points = tomllib.loads(toml)["project"]["entry-points"]
+    assert list(points) == [defenses.group]
+    eps = [metadata.EntryPoint(name, value, defenses.group)
+           for name, value in points[defenses.group].items()]
+
+    class _Installed:  # importlib.metadata as the registry sees it, with the page's package
+        def __getattr__(self, name: str):
+            return getattr(metadata, name)
+
+        @staticmethod
+        def entry_points(group: str):
+            return eps if group == defenses.group else metadata.entry_points(group=group)
+
+    monkeypatch.setattr(registry_module, "metadata", _Installed())
+    monkeypatch.setattr(defenses, "_plugins_loaded", False)
+    defenses.load_plugins()
+    assert defenses.get("my_defense") is ns["MyDefense"]
+    assert ns["MyDefense"].name == "my_defense"  # set from the entry point's name
     trained = api.train("digits", "convnet", "my_defense", overrides={"epochs": "1"},
                         progress=False, cache_root=tmp_path / "cache", device="cpu")
     assert trained.meta["recipe"]["sigma"] == pytest.approx(0.1)
