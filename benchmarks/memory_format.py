@@ -9,7 +9,6 @@ Expl@end between the two layouts.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -23,17 +22,6 @@ from xrbench.explainers import get_explainer  # noqa: E402
 from xrbench.models import create_model  # noqa: E402
 
 
-def _best(runs: dict, rounds: int) -> dict[str, float]:
-    out = {k: f() for k, f in runs.items()}  # warm-up, and the results
-    best = {k: float("inf") for k in runs}
-    for _ in range(rounds):
-        for k, f in runs.items():
-            t0 = time.perf_counter()
-            f()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best, out
-
-
 def main() -> int:
     torch.set_num_threads(1)
     steps = {d: train_step.training_step(d, "fashion_mnist", "convnet", batch=64)
@@ -45,7 +33,7 @@ def main() -> int:
                                                                    batch=64)
                   for d in ("normal", "mat")})
     train_step.create_model = default_create
-    best, _ = _best(steps, 4)
+    best = train_step.interleaved_seconds(steps, 4)
     for k, v in best.items():
         print(f"training step {k}: {1000 * v:.0f} ms")
 
@@ -60,7 +48,8 @@ def main() -> int:
     explain = get_explainer("grad_x_input")
     runs = {"default": lambda: manipulate(model, explain, xv, xt, iterations=10, lr=7.5e-4),
             "channels-last": lambda: manipulate(cl, explain, xv, xt, iterations=10, lr=7.5e-4)}
-    best, out = _best(runs, 3)
+    out = {k: f() for k, f in runs.items()}
+    best = train_step.interleaved_seconds(runs, 3)
     a, b = out["default"].expl_end, out["channels-last"].expl_end
     for k, v in best.items():
         print(f"manipulation {k}: {v:.2f} s")
