@@ -99,7 +99,9 @@ def test_the_documented_job_passes_then_fails_after_a_planted_change(tmp_path):
     assert code == 0, out
     assert "regress (training mode): passed" in out
 
-    # "As a pytest test": the page's test file, run by pytest in the user's repository
+    # "As a pytest test": the page's test file, run by pytest in the user's repository, on
+    # the job's cache of the run above (what its evaluate needs is there: seconds, not a
+    # training)
     (guard,) = [b for b in _blocks("python") if "assert_no_regression" in b]
     (repo / "test_xrbench_guard.py").write_text(guard)
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

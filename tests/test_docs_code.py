@@ -100,7 +100,7 @@ def test_ci_md_regress_examples_run_as_written(tmp_path) -> None:
     import json
     import shutil
 
-    (block,) = [b for b in _ci_blocks("bash") if "xrbench regress leaderboard/baselines" in b]
+    (block,) = [b for b in _ci_blocks("bash") if "--format json" in b]
     lines = [ln for ln in block.splitlines() if ln.strip()]
     assert len(lines) == 5 and all(ln.startswith("xrbench regress ") for ln in lines)
     shutil.copytree(ROOT / "leaderboard" / "baselines", tmp_path / "leaderboard" / "baselines")
