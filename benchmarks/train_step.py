@@ -20,6 +20,7 @@ from xrbench import fastgrad
 from xrbench.data import dataset_card
 from xrbench.defenses.base import TrainState
 from xrbench.models import create_model
+from xrbench.pooling import use_channels_last_pooling
 from xrbench.registry import defenses
 from xrbench.train import backward_to_parameters, build_recipe
 from xrbench.utils import generator
@@ -47,13 +48,17 @@ def fast_env(on: bool) -> Iterator[None]:
 
 
 def training_step(defense_name: str, dataset: str = "cifar10", model_name: str = "lenet",
-                  batch: int = 64, fast: bool = False, seed: int = 0) -> Callable[[], float]:
+                  batch: int = 64, fast: bool = False, seed: int = 0,
+                  channels_last_pooling: bool = True) -> Callable[[], float]:
     """A callable that runs one training step (model in training mode, reference recipe,
     a fixed uniform-random batch shaped like ``dataset``'s images) and returns the loss.
-    Only the dataset's card is read, never its images."""
+    Only the dataset's card is read, never its images. ``channels_last_pooling=False``
+    puts back PyTorch's own max pooling (:mod:`xrbench.pooling`; same bits, slower)."""
     card = dataset_card(dataset)
     torch.manual_seed(seed)
     model = create_model(model_name, card).train()
+    if not channels_last_pooling:
+        use_channels_last_pooling(model, enabled=False)
     recipe = build_recipe(defense_name, card, model_name,
                           SEP_ON if defense_name.startswith("sep") else {})
     state = TrainState(card, model_name, generator(seed + 1), torch.device("cpu"))

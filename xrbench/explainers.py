@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import XRBenchError
+from .pooling import plain_pooling
 from .registry import explainers
 
 
@@ -287,7 +288,8 @@ class DeepLift(Explainer):
 
         _no_graph(self.name, create_graph)
         net, z = _captum_input(model, x)
-        return _DL(net).attribute(z, target=target, baselines=0.0).detach()
+        with plain_pooling(net):  # captum's max-pool rule is keyed by nn.MaxPool2d itself
+            return _DL(net).attribute(z, target=target, baselines=0.0).detach()
 
 
 @explainers.register("lrp", "layer-wise relevance propagation through captum (evaluation only)")
@@ -309,8 +311,9 @@ class LRP(Explainer):
             if isinstance(m, (nn.Softplus, nn.ReLU, nn.Identity)) and not hasattr(m, "rule"):
                 m.rule = IdentityRule()  # type: ignore[attr-defined]
                 tagged.append(m)
-        try:
-            return _LRP(net).attribute(z, target=target).detach()
+        try:  # captum picks its rules by exact module type: plain nn.MaxPool2d for the call
+            with plain_pooling(net):
+                return _LRP(net).attribute(z, target=target).detach()
         except (TypeError, RuntimeError) as exc:
             raise XRBenchError(f"captum LRP does not support this model: {exc}") from exc
         finally:

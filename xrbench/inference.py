@@ -113,11 +113,16 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     into it (``torch.fx``); a net that fx cannot trace is returned unchanged."""
     from torch.fx.experimental.optimization import fuse
 
+    from .pooling import use_channels_last_pooling
+
+    pools = use_channels_last_pooling(net, enabled=False)  # fx traces into them otherwise
     try:
-        return fuse(net.train(False), inplace=True)
+        net = fuse(net.train(False), inplace=True)
     except Exception as err:  # fx cannot trace data-dependent control flow; folding is optional
         log.debug("BatchNorm folding skipped for %s: %s", type(net).__name__, err)
-        return net
+    if pools:
+        use_channels_last_pooling(net)
+    return net
 
 
 def frozen_inference_copy(model: nn.Module, *, double_backward: bool = True,

@@ -17,6 +17,7 @@ from torch import nn
 
 from .data import DatasetCard
 from .errors import XRBenchError
+from .pooling import use_channels_last_pooling
 from .registry import models
 
 DEFAULT_BETA = 3.0
@@ -60,6 +61,7 @@ def create_model(name: str, card: DatasetCard, beta: float = DEFAULT_BETA,
                  activation: str = "softplus", **kwargs: Any) -> XRModel:
     """Build model ``name`` (e.g. ``convnet``, ``timm:resnet18``) for the dataset ``card``."""
     net = models.create(name, card, act=make_activation(activation, beta), **kwargs)
+    use_channels_last_pooling(net)  # same bits, faster on a CPU (xrbench.pooling)
     return XRModel(net, card, name)
 
 
