@@ -6,6 +6,7 @@ duplicates (pure functions of a :class:`~xrbench.leaderboard.board.Table`).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping, Sequence
 
 from xrbench.columns import board_columns, eps_value, middle_key
@@ -135,16 +136,7 @@ def table_notes(table: Table) -> list[str]:
             "retrain is judged by xrbench regress --mode training." if shipped else ""))
     notes.extend(_not_applicable_notes(measured))
     notes.extend(_marks(table)[1])
-    sources: dict[str, dict[str, None]] = {}
-    for r in table.rows:
-        if r.reported:
-            rep = r.entry["reported"]
-            text = (f"{r.source} = numbers as printed in {rep.get('source')}, "
-                    f"{rep.get('table')}; not measured by xrbench (no checkpoint; the "
-                    f"paper's own setup). {rep.get('note', '')}".strip())
-            sources.setdefault(r.source, {})[text] = None
-    for texts in sources.values():
-        notes.extend(texts)
+    notes.extend(_reported_source_notes(table))
     if table.has_reported:
         notes.append(f"{MISSING} = not reported by the source (reported rows) or not computed "
                      "(measured rows).")
@@ -153,6 +145,41 @@ def table_notes(table: Table) -> list[str]:
                      f"{len(d.files)} files, shown as they are (neither merged) and left out "
                      f"of the correlations: {'; '.join(d.files)}.")
     return [" ".join(n.split()) for n in notes]
+
+
+def _reported_source_notes(table: Table) -> list[str]:
+    """One note per source of reported rows: what the source is and the sentences its rows'
+    notes share, said once; then, per row, only the sentences of its own (``sep_neg``: "As
+    printed, ...")."""
+    by_source: dict[str, list[tuple[str, str, str]]] = {}
+    for r in table.rows:
+        if r.reported:
+            rep = r.entry["reported"]
+            head = (f"{r.source} = numbers as printed in {rep.get('source')}, "
+                    f"{rep.get('table')}; not measured by xrbench (no checkpoint; the "
+                    "paper's own setup).")
+            by_source.setdefault(r.source, []).append(
+                (head, str(get_field(r.entry, "defense", "name")),
+                 " ".join(str(rep.get("note", "")).split())))
+    notes: list[str] = []
+    for source, rows in by_source.items():
+        heads = list(dict.fromkeys(h for h, _, _ in rows))
+        shared, own = _shared_sentences([n for _, _, n in rows])
+        notes.extend(f"{h} {shared}".strip() for h in heads)
+        notes.extend(dict.fromkeys(f"{source}, {name}: {rest}"
+                                   for (_, name, _), rest in zip(rows, own) if rest))
+    return notes
+
+
+def _shared_sentences(texts: list[str]) -> tuple[str, list[str]]:
+    """The whole sentences every text begins with, and what is left of each text."""
+    prefix = os.path.commonprefix(texts)
+    if all(t == prefix for t in texts):
+        return prefix, [""] * len(texts)
+    whole = prefix.endswith(".") and all(len(t) == len(prefix) or t[len(prefix)] == " "
+                                         for t in texts)
+    cut = len(prefix) if whole else prefix.rfind(". ") + 1  # after a sentence all share
+    return prefix[:cut].strip(), [t[cut:].strip() for t in texts]
 
 
 def _table_duplicates(table: Table) -> list[Duplicate]:

@@ -378,3 +378,22 @@ def test_a_table_says_which_torch_and_threads_made_it_and_how_to_reproduce_it(tm
     (note,) = [n for n in table_notes(build_board(rows, reported_mode="none").tables[0])
                if n.startswith("Measured with")]
     assert note.startswith("Measured with torch 2.15.0+cu132, 1, 2 threads.")
+
+
+def test_a_source_is_described_once_and_each_row_adds_only_its_own_sentences() -> None:
+    """The Table 15 rows share their note; two of them add a sentence of their own ("As
+    printed, ..."), which follows the source's one description, named by defense."""
+    from xrbench.leaderboard.render_notes import _shared_sentences
+
+    assert _shared_sentences(["A 5.1.", "A 5.1. B 73.98 x."]) == ("A 5.1.", ["", "B 73.98 x."])
+    assert _shared_sentences(["A. B 1.", "A. B 2."]) == ("A.", ["B 1.", "B 2."])
+    assert _shared_sentences(["Same.", "Same."]) == ("Same.", ["", ""])
+    board = build_board([e for e in _reported() if e["dataset"]["name"] == "fashion_mnist"
+                         and e["model"]["name"] == "convnet"])
+    md = render_markdown(board)
+    src = "reported: SEP paper, Table 15"
+    heads = _lines(md, f"{src} = numbers as printed in")
+    assert len(heads) == 1 and heads[0].endswith("the paper's section 5.1.")
+    own = _lines(md, f"{src}, ")
+    assert [ln[len(src) + 2:].split(":")[0] for ln in own] == ["mat", "sep_neg"]
+    assert all(": As printed, the PGD accuracy (" in ln for ln in own)
