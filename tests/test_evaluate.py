@@ -321,3 +321,13 @@ def test_a_flipped_bit_in_a_stage_cache_file_is_caught_and_recomputed(first_run,
     assert len(caught) == 1 and not caught[0].exists()  # this run's file: named, removed
     assert "insertion" not in res.reused_stages and "rps" in res.reused_stages
     assert res.entry["metrics"]["insertion"] == first_run.entry["metrics"]["insertion"]
+
+
+def test_the_api_takes_a_cache_root_as_a_string(tmp_path) -> None:
+    """``api.train(..., cache_root="...")`` as a user types it (a str, not a Path): the
+    checkpoint lands in that folder (it raised TypeError on ``str / str`` before)."""
+    from xrbench import api
+
+    trained = api.train("digits", "convnet", "normal", overrides={"epochs": "1"},
+                        progress=False, cache_root=str(tmp_path / "c"), device="cpu")
+    assert trained.path.is_file() and (tmp_path / "c" / "checkpoints") in trained.path.parents

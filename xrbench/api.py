@@ -30,7 +30,7 @@ def train(dataset: str = "digits", model: str = "convnet", defense: str = "norma
           seed: int = 0, overrides: dict[str, str] | None = None, device: str = "auto",
           data_dir: str | os.PathLike[str] | None = None, retrain: bool = False,
           progress: bool = True, beta: float = DEFAULT_BETA,
-          cache_root: Path | None = None) -> TrainedModel:
+          cache_root: str | os.PathLike[str] | None = None) -> TrainedModel:
     """Train ``defense`` on ``dataset`` with ``model`` (or reuse the cached checkpoint).
 
     Names are checked before any data is loaded, so a typo fails fast.
@@ -44,7 +44,12 @@ def train(dataset: str = "digits", model: str = "convnet", defense: str = "norma
     ds = load_dataset(dataset, data_dir)
     return get_trained_model(ds, model, defense, overrides=overrides, seed=seed, device=dev,
                              retrain=retrain, progress=progress, beta=beta,
-                             cache_root=cache_root)
+                             cache_root=_path(cache_root))
+
+
+def _path(p: str | os.PathLike[str] | None) -> Path | None:
+    """A cache root as given (a string or a path) as a Path; None stays None."""
+    return None if p is None else Path(p)
 
 
 @dataclass
@@ -161,7 +166,8 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
              checkpoint_sha256: str | None = None, overrides: dict[str, str] | None = None,
              device: str = "auto", data_dir: str | os.PathLike[str] | None = None,
              retrain: bool = False, force: bool = False, replace: bool = False,
-             progress: bool = True, beta: float = DEFAULT_BETA, cache_root: Path | None = None,
+             progress: bool = True, beta: float = DEFAULT_BETA,
+             cache_root: str | os.PathLike[str] | None = None,
              extractor_weights: str | os.PathLike[str] | None = None,
              shards: int | None = None, executor: "str | Any" = "local",
              ray_address: str | None = None, attacks: "tuple[str, ...] | list[str]" = ()
@@ -190,6 +196,7 @@ def evaluate(defense: str = "normal", dataset: str = "digits", model: str = "con
     from .leaderboard.examples import flatten
     from .leaderboard.schema import entry_path
 
+    cache_root = _path(cache_root)
     prof = ev.check_arguments(profile, seed, shards)
     extra_attacks = ev.check_attacks(attacks)
     runner, own_executor = ev.executor_for(executor, ray_address)
@@ -244,7 +251,7 @@ def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "au
            data_dir: str | os.PathLike[str] | None = None,
            out: str | os.PathLike[str] | None = None,
            rebuild: bool = False, force: bool = False, progress: bool = True,
-           cache_root: Path | None = None,
+           cache_root: str | os.PathLike[str] | None = None,
            extractor_weights: str | os.PathLike[str] | None = None
            ) -> tuple[dict[str, Any], str]:
     """The frozen subset manifest of ``dataset`` at ``profile``'s size (PROTOCOL 4): the
@@ -261,7 +268,7 @@ def subset(dataset: str = "digits", profile: str = "quick", *, device: str = "au
                          None if extractor_weights is None else os.fspath(extractor_weights))
     return get_manifest(ds, prof.per_cluster, resolve_device(device), extractor=spec,
                         progress=progress, rebuild=rebuild, out=Path(out) if out else None,
-                        cache_root=cache_root)
+                        cache_root=_path(cache_root))
 
 
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], *,
